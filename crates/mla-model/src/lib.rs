@@ -3,10 +3,19 @@
 //! weight absorption for decoding.
 
 pub mod accounting;
+pub mod attention;
+pub mod block;
+pub mod cache;
 pub mod config;
+pub mod init;
+pub mod mlp;
+pub mod rope;
+pub mod transformer;
 
 pub use accounting::{CacheMode, FlopsPerToken, KvCacheSize, ParamCounts};
+pub use cache::KvCache;
 pub use config::{
     AttentionConfig, AttentionKind, ConfigError, DType, LatentAttention, ModelConfig,
     ModelSection, RopeStyle, StandardAttention, YarnConfig,
 };
+pub use transformer::{Lm, cross_entropy};

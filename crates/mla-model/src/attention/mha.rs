@@ -1,0 +1,88 @@
+//! Standard multi-head attention and its key/value-sharing variants: MHA (`n_kv_heads =
+//! n_heads`), GQA (each group of `n_heads / n_kv_heads` query heads shares one K/V head) and MQA
+//! (one K/V head). RoPE rotates whole heads.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::{Device, Tensor};
+
+use super::sdpa::causal_attention;
+use crate::cache::LayerCache;
+use crate::config::{ModelConfig, StandardAttention};
+use crate::init;
+use crate::rope::Rope;
+
+#[derive(Module, Debug)]
+pub struct MultiHeadAttention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+}
+
+impl MultiHeadAttention {
+    pub fn new(cfg: &ModelConfig, a: StandardAttention, device: &Device) -> Self {
+        let (d, h, std) = (cfg.d_model, cfg.n_heads, cfg.init_std);
+        Self {
+            q_proj: init::linear(d, h * a.head_dim, std, device),
+            k_proj: init::linear(d, a.n_kv_heads * a.head_dim, std, device),
+            v_proj: init::linear(d, a.n_kv_heads * a.head_dim, std, device),
+            o_proj: init::linear(
+                h * a.head_dim,
+                d,
+                init::out_std(std, cfg.n_layers),
+                device,
+            ),
+            n_heads: h,
+            n_kv_heads: a.n_kv_heads,
+            head_dim: a.head_dim,
+            scale: cfg.softmax_scale(),
+        }
+    }
+
+    /// Attend causally. With a cache, `x` holds the tokens after the cached ones; their keys and
+    /// values are appended to it.
+    ///
+    /// # Shapes
+    /// - x: `[b, t, d_model]` -> `[b, t, d_model]`
+    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        // [b, t, h * hd] -> [b, t, h, hd] -> [b, h, t, hd]
+        let q = self.q_proj.forward(x.clone()).reshape([b, t, h, hd]).swap_dims(1, 2);
+        // [b, t, kv * hd] -> [b, kv, t, hd]
+        let k = self.k_proj.forward(x.clone()).reshape([b, t, kv, hd]).swap_dims(1, 2);
+        let v = self.v_proj.forward(x).reshape([b, t, kv, hd]).swap_dims(1, 2);
+
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let q = rope.apply(q, offset);
+        let k = rope.apply(k, offset);
+        let (k, v) = match cache {
+            Some(cache) => cache.append_kv(k, v), // [b, kv, offset + t, hd]
+            None => (k, v),
+        };
+
+        let out = causal_attention(q, repeat_kv(k, h / kv), repeat_kv(v, h / kv), self.scale);
+        // [b, h, t, hd] -> [b, t, h * hd]
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
+    }
+}
+
+/// Give each of the `groups` query heads of a K/V head its own copy.
+///
+/// # Shapes
+/// - x: `[b, kv, t, d]` -> `[b, kv * groups, t, d]` (head `i` is K/V head `i / groups`)
+pub fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
+    if groups == 1 {
+        return x;
+    }
+    let [b, kv, t, d] = x.dims();
+    // [b, kv, 1, t, d] -> [b, kv, groups, t, d] -> [b, kv * groups, t, d]
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kv, groups, t, d])
+        .reshape([b, kv * groups, t, d])
+}

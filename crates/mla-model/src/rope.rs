@@ -1,0 +1,227 @@
+//! Rotary position embedding (RoPE), with DeepSeek-V2's YaRN extension.
+//!
+//! Rotating pair `i` of a query and a key by `pos * inv_freq[i]` makes their dot product depend
+//! only on the difference of their positions. MLA applies it to the decoupled `rope` slices only
+//! (RoPE cannot pass through the latent compression); mha/gqa/mqa rotate whole heads.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::config::{ModelConfig, RopeStyle, YarnConfig};
+
+/// Precomputed cos/sin tables for positions `0..max_seq_len` (module constants: rebuilt from the
+/// config, never trained or saved).
+#[derive(Module, Debug)]
+pub struct Rope {
+    /// `[max_seq_len, rope_dim / 2]`
+    cos: Tensor<2>,
+    /// `[max_seq_len, rope_dim / 2]`
+    sin: Tensor<2>,
+    #[module(skip)]
+    style: RopeStyle,
+}
+
+/// Inverse frequencies `theta^(-2i/dim)` for `i < dim/2`, interpolated by YaRN where configured
+/// (`DeepseekV2YarnRotaryEmbedding`).
+pub fn inv_freq(dim: usize, theta: f64, yarn: Option<&YarnConfig>) -> Vec<f64> {
+    let half = dim / 2;
+    let base: Vec<f64> = (0..half)
+        .map(|i| 1.0 / theta.powf((2 * i) as f64 / dim as f64))
+        .collect();
+    let Some(y) = yarn else {
+        return base;
+    };
+    // Dimension whose wavelength makes `rotations` turns over the original context.
+    let correction_dim = |rotations: f64| {
+        dim as f64
+            * (y.original_max_position_embeddings as f64 / (rotations * 2.0 * std::f64::consts::PI))
+                .ln()
+            / (2.0 * theta.ln())
+    };
+    let low = correction_dim(y.beta_fast).floor().max(0.0);
+    let high = correction_dim(y.beta_slow).ceil().min(dim as f64 - 1.0);
+    let high = if low == high { high + 0.001 } else { high };
+    base.iter()
+        .enumerate()
+        .map(|(i, &f)| {
+            // ramp = 0: keep the original (extrapolated) frequency; 1: interpolate by `factor`.
+            let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+            f / y.factor * ramp + f * (1.0 - ramp)
+        })
+        .collect()
+}
+
+impl Rope {
+    pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
+        let dim = cfg.rope_dim();
+        let freqs = inv_freq(dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
+        let mscale = cfg
+            .rope_scaling
+            .as_ref()
+            .map_or(1.0, YarnConfig::attention_factor);
+        let half = dim / 2;
+        let n = cfg.max_seq_len;
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for pos in 0..n {
+            for &f in &freqs {
+                // Angles in f64: pos * f loses precision in f32 at long contexts.
+                let angle = pos as f64 * f;
+                cos.push((angle.cos() * mscale) as f32);
+                sin.push((angle.sin() * mscale) as f32);
+            }
+        }
+        let table = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [n, half]), device);
+        Self {
+            cos: table(cos),
+            sin: table(sin),
+            style: cfg.rope_style,
+        }
+    }
+
+    /// Number of positions the tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// Rotate `x` as if its tokens sat at positions `offset..offset + t`.
+    ///
+    /// # Shapes
+    /// - x: `[b, h, t, r]` -> `[b, h, t, r]`
+    pub fn apply(&self, x: Tensor<4>, offset: usize) -> Tensor<4> {
+        let [b, h, t, r] = x.dims();
+        let half = r / 2;
+        assert!(
+            offset + t <= self.max_positions(),
+            "RoPE tables cover {} positions, asked for {}..{}",
+            self.max_positions(),
+            offset,
+            offset + t
+        );
+        // [t, r/2] -> [1, 1, t, r/2], broadcast over batch and heads
+        let cos = self.cos.clone().slice([offset..offset + t, 0..half]).reshape([1, 1, t, half]);
+        let sin = self.sin.clone().slice([offset..offset + t, 0..half]).reshape([1, 1, t, half]);
+        match self.style {
+            RopeStyle::Interleaved => {
+                // [b, h, t, r] -> [b, h, t, r/2, 2]: pair i is (x[2i], x[2i+1])
+                let pairs = x.reshape([b, h, t, half, 2]);
+                let x0 = pairs.clone().slice_dim(4, 0..1).reshape([b, h, t, half]);
+                let x1 = pairs.slice_dim(4, 1..2).reshape([b, h, t, half]);
+                let y0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
+                let y1 = x0 * sin + x1 * cos;
+                // [b, h, t, r/2, 2] -> [b, h, t, r]
+                Tensor::stack::<5>(vec![y0, y1], 4).reshape([b, h, t, r])
+            }
+            RopeStyle::Half => {
+                // pair i is (x[i], x[i + r/2])
+                let x0 = x.clone().slice_dim(3, 0..half);
+                let x1 = x.slice_dim(3, half..r);
+                let y0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
+                let y1 = x1 * cos + x0 * sin;
+                Tensor::cat(vec![y0, y1], 3)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelSection;
+    use burn::tensor::{Distribution, Tolerance};
+
+    fn cfg(style: &str, yarn: bool) -> ModelConfig {
+        let yarn = if yarn {
+            "rope_scaling = { type = 'yarn', factor = 4.0, original_max_position_embeddings = 8, mscale = 0.707, mscale_all_dim = 0.707 }"
+        } else {
+            ""
+        };
+        let s: ModelSection = toml::from_str(&format!(
+            "attention = 'mha'\nvocab_size = 8\nd_model = 32\nn_layers = 1\nn_heads = 2\n\
+             max_seq_len = 40\nrope_style = '{style}'\n{yarn}"
+        ))
+        .unwrap();
+        s.resolve().unwrap()
+    }
+
+    /// q at position m and k at position n score the same as at m + s and n + s.
+    #[test]
+    fn scores_depend_only_on_relative_position() {
+        let device = Device::flex();
+        for (style, yarn) in [("interleaved", false), ("half", false), ("interleaved", true)] {
+            let rope = Rope::new(&cfg(style, yarn), &device);
+            let q = Tensor::<4>::random([1, 2, 1, 16], Distribution::Normal(0.0, 1.0), &device);
+            let k = Tensor::<4>::random([1, 2, 1, 16], Distribution::Normal(0.0, 1.0), &device);
+            let score = |m: usize, n: usize| {
+                let qm = rope.apply(q.clone(), m);
+                let kn = rope.apply(k.clone(), n);
+                (qm * kn).sum_dim(3)
+            };
+            let base = score(3, 1);
+            for shift in [1, 7, 20, 35] {
+                score(3 + shift, 1 + shift)
+                    .into_data()
+                    .assert_approx_eq::<f32>(&base.clone().into_data(), Tolerance::absolute(2e-5));
+            }
+            // ... and does depend on it.
+            let other = score(9, 1).into_data().try_into_vec::<f32>().unwrap();
+            let base = base.into_data().try_into_vec::<f32>().unwrap();
+            assert!(other.iter().zip(&base).any(|(a, b)| (a - b).abs() > 1e-3));
+        }
+    }
+
+    #[test]
+    fn position_zero_is_identity_and_norm_is_kept() {
+        let device = Device::flex();
+        for style in ["interleaved", "half"] {
+            let rope = Rope::new(&cfg(style, false), &device);
+            let x = Tensor::<4>::random([2, 2, 5, 16], Distribution::Normal(0.0, 1.0), &device);
+            let y = rope.apply(x.clone(), 0);
+            y.clone().slice_dim(2, 0..1).into_data().assert_approx_eq::<f32>(
+                &x.clone().slice_dim(2, 0..1).into_data(),
+                Tolerance::absolute(1e-6),
+            );
+            x.powi_scalar(2).sum_dim(3).into_data().assert_approx_eq::<f32>(
+                &y.powi_scalar(2).sum_dim(3).into_data(),
+                Tolerance::absolute(1e-4),
+            );
+        }
+    }
+
+    /// Interleaved and rotate-half differ exactly by the permutation [0,2,4,..,1,3,5,..].
+    #[test]
+    fn conventions_differ_by_a_fixed_permutation() {
+        let device = Device::flex();
+        let inter = Rope::new(&cfg("interleaved", false), &device);
+        let half = Rope::new(&cfg("half", false), &device);
+        let x = Tensor::<4>::random([1, 1, 6, 16], Distribution::Normal(0.0, 1.0), &device);
+        let perm: Vec<i64> = (0..8).map(|i| 2 * i).chain((0..8).map(|i| 2 * i + 1)).collect();
+        let perm = burn::tensor::Tensor::<1, burn::tensor::Int>::from_ints(perm.as_slice(), &device);
+        let a = inter.apply(x.clone(), 2).select(3, perm.clone());
+        let b = half.apply(x.select(3, perm), 2);
+        a.into_data()
+            .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-5));
+    }
+
+    #[test]
+    fn yarn_matches_deepseek_ramp() {
+        // Values from DeepseekV2YarnRotaryEmbedding(dim=64, base=10000, factor=40,
+        // original_max_position_embeddings=4096, beta_fast=32, beta_slow=1): low = 10,
+        // high = 23, so the first 10 frequencies are kept and the last 9 divided by 40.
+        let y = crate::config::ModelConfig::preset("deepseek-v2-lite-attn")
+            .unwrap()
+            .rope_scaling
+            .unwrap();
+        let plain = inv_freq(64, 10000.0, None);
+        let scaled = inv_freq(64, 10000.0, Some(&y));
+        for i in 0..=10 {
+            assert!((scaled[i] - plain[i]).abs() < 1e-15, "{i}");
+        }
+        for i in 23..32 {
+            assert!((scaled[i] - plain[i] / 40.0).abs() < 1e-15, "{i}");
+        }
+        let i = 16;
+        let ramp = (16.0 - 10.0) / 13.0;
+        assert!((scaled[i] - (plain[i] / 40.0 * ramp + plain[i] * (1.0 - ramp))).abs() < 1e-15);
+    }
+}

@@ -1,0 +1,110 @@
+//! The decoder-only LM: embedding -> blocks -> final RMSNorm -> LM head, and its loss.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, RmsNorm};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::module::linear;
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::accounting::CacheMode;
+use crate::block::Block;
+use crate::cache::KvCache;
+use crate::config::ModelConfig;
+use crate::init;
+use crate::rope::Rope;
+
+#[derive(Module, Debug)]
+pub struct Lm {
+    pub embed_tokens: Embedding,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    /// `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Linear>,
+    rope: Rope,
+    #[module(skip)]
+    config: ModelConfig,
+}
+
+impl Lm {
+    /// A freshly initialised model (see [`crate::init`] for the scheme). Seed the device first
+    /// (`device.seed(n)`) for reproducible weights.
+    pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
+        let std = cfg.init_std;
+        Self {
+            embed_tokens: EmbeddingConfig::new(cfg.vocab_size, cfg.d_model)
+                .with_initializer(Initializer::Normal { mean: 0.0, std })
+                .init(device),
+            layers: (0..cfg.n_layers).map(|_| Block::new(cfg, device)).collect(),
+            norm: init::rms_norm(cfg.d_model, cfg.rms_norm_eps, device),
+            lm_head: (!cfg.tie_embeddings)
+                .then(|| init::linear(cfg.d_model, cfg.vocab_size, std, device)),
+            rope: Rope::new(cfg, device),
+            config: cfg.clone(),
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Logits for every position.
+    ///
+    /// # Shapes
+    /// - tokens: `[b, t]` -> `[b, t, vocab_size]`
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let mut x = self.embed_tokens.forward(tokens); // [b, t, d]
+        for layer in &self.layers {
+            x = layer.forward(x, &self.rope, None);
+        }
+        self.head(x)
+    }
+
+    /// Logits for `tokens`, which follow the ones already in `cache`; the cache grows by them.
+    ///
+    /// # Shapes
+    /// - tokens: `[b, t]` -> `[b, t, vocab_size]`
+    pub fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
+        let mut x = self.embed_tokens.forward(tokens); // [b, t, d]
+        for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(x, &self.rope, Some(layer_cache));
+        }
+        self.head(x)
+    }
+
+    /// An empty generation cache for this model.
+    pub fn new_cache(&self, mode: CacheMode) -> KvCache {
+        KvCache::new(self.layers.len(), mode)
+    }
+
+    /// # Shapes
+    /// - x: `[b, t, d]` -> `[b, t, vocab_size]`
+    fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = self.norm.forward(x);
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            // Tied: logits = x E^T, E = [vocab, d] -> [d, vocab]
+            None => linear(x, self.embed_tokens.weight.val().transpose(), None),
+        }
+    }
+
+    /// Mean next-token cross-entropy of `targets` given `inputs`.
+    ///
+    /// # Shapes
+    /// - inputs, targets: `[b, t]` -> `[1]`
+    pub fn loss(&self, inputs: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
+        cross_entropy(self.forward(inputs), targets)
+    }
+}
+
+/// Mean cross-entropy of integer targets under logits.
+///
+/// # Shapes
+/// - logits `[b, t, v]`, targets `[b, t]` -> `[1]`
+pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
+    let [b, t, v] = logits.dims();
+    // [b, t, v] -> [b * t, v]
+    let log_probs = log_softmax(logits.reshape([b * t, v]), 1);
+    // [b * t, 1]: the log-probability of each target
+    let picked = log_probs.gather(1, targets.reshape([b * t, 1]));
+    picked.mean().neg()
+}
