@@ -185,8 +185,7 @@ mod tests {
     fn table_1_formulas() {
         let base = "vocab_size = 10\nd_model = 64\nn_layers = 3\nn_heads = 8\nmax_seq_len = 8\n";
         let per_layer = |extra: &str| {
-            let s: crate::config::ModelSection =
-                toml::from_str(&format!("{base}{extra}")).unwrap();
+            let s: crate::config::ModelSection = toml::from_str(&format!("{base}{extra}")).unwrap();
             kv_cache(&s.resolve().unwrap(), CacheMode::Latent).elements_per_token_per_layer
         };
         assert_eq!(per_layer("attention = 'mha'"), 2 * 8 * 8);

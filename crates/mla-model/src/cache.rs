@@ -62,7 +62,9 @@ impl LayerCache {
     pub fn append_kv(&mut self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let (k, v) = match std::mem::replace(&mut self.state, State::Empty) {
             State::Empty => (k, v),
-            State::Kv { k: k0, v: v0 } => (Tensor::cat(vec![k0, k], 2), Tensor::cat(vec![v0, v], 2)),
+            State::Kv { k: k0, v: v0 } => {
+                (Tensor::cat(vec![k0, k], 2), Tensor::cat(vec![v0, v], 2))
+            }
             State::Latent { .. } => unreachable!("a latent cache never receives K/V"),
         };
         self.state = State::Kv {

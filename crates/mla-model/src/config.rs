@@ -377,7 +377,8 @@ impl ModelConfig {
         keys.into_iter()
             .filter(|k| a.get(*k) != b.get(*k))
             .map(|k| {
-                let show = |v: Option<&toml::Value>| v.map_or("(absent)".to_string(), |v| v.to_string());
+                let show =
+                    |v: Option<&toml::Value>| v.map_or("(absent)".to_string(), |v| v.to_string());
                 format!("{k}: {} vs {}", show(a.get(k)), show(b.get(k)))
             })
             .collect()
@@ -504,7 +505,10 @@ impl ModelSection {
             let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
             err(
                 "preset",
-                format!("unknown preset {name:?}; choose one of {}", names.join(", ")),
+                format!(
+                    "unknown preset {name:?}; choose one of {}",
+                    names.join(", ")
+                ),
             )
         })?;
         let over = self;
@@ -788,7 +792,12 @@ mod tests {
         };
         // d_h = 64: d_c = 4 d_h, d_h^R = d_h / 2.
         assert_eq!(
-            (l.kv_lora_rank, l.qk_nope_head_dim, l.qk_rope_head_dim, l.v_head_dim),
+            (
+                l.kv_lora_rank,
+                l.qk_nope_head_dim,
+                l.qk_rope_head_dim,
+                l.v_head_dim
+            ),
             (256, 64, 32, 64)
         );
         assert_eq!(l.q_lora_rank, None);
@@ -799,20 +808,64 @@ mod tests {
     fn invalid_values_name_the_key() {
         let base = "vocab_size = 100\nd_model = 64\nn_layers = 2\nmax_seq_len = 16\n";
         let cases = [
-            ("attention = 'mha'\nn_heads = 3", "n_heads", "do not divide d_model"),
-            ("attention = 'gqa'\nn_heads = 4\nn_kv_heads = 3", "n_kv_heads", "must divide"),
+            (
+                "attention = 'mha'\nn_heads = 3",
+                "n_heads",
+                "do not divide d_model",
+            ),
+            (
+                "attention = 'gqa'\nn_heads = 4\nn_kv_heads = 3",
+                "n_kv_heads",
+                "must divide",
+            ),
             ("attention = 'gqa'\nn_heads = 4", "n_kv_heads", "missing"),
-            ("attention = 'mha'\nn_heads = 4\nn_kv_heads = 2", "n_kv_heads", "gqa"),
-            ("attention = 'mqa'\nn_heads = 4\nn_kv_heads = 2", "n_kv_heads", "one key/value"),
-            ("attention = 'mla'\nn_heads = 4\nqk_rope_head_dim = 7", "qk_rope_head_dim", "even"),
-            ("attention = 'mha'\nn_heads = 4\nhead_dim = 9", "head_dim", "even"),
-            ("attention = 'mla'\nn_heads = 4\nkv_lora_rank = 0", "kv_lora_rank", "positive"),
-            ("attention = 'mha'\nn_heads = 4\nkv_lora_rank = 8", "kv_lora_rank", "only used"),
-            ("attention = 'mla'\nn_heads = 4\nn_kv_heads = 4", "n_kv_heads", "not used"),
+            (
+                "attention = 'mha'\nn_heads = 4\nn_kv_heads = 2",
+                "n_kv_heads",
+                "gqa",
+            ),
+            (
+                "attention = 'mqa'\nn_heads = 4\nn_kv_heads = 2",
+                "n_kv_heads",
+                "one key/value",
+            ),
+            (
+                "attention = 'mla'\nn_heads = 4\nqk_rope_head_dim = 7",
+                "qk_rope_head_dim",
+                "even",
+            ),
+            (
+                "attention = 'mha'\nn_heads = 4\nhead_dim = 9",
+                "head_dim",
+                "even",
+            ),
+            (
+                "attention = 'mla'\nn_heads = 4\nkv_lora_rank = 0",
+                "kv_lora_rank",
+                "positive",
+            ),
+            (
+                "attention = 'mha'\nn_heads = 4\nkv_lora_rank = 8",
+                "kv_lora_rank",
+                "only used",
+            ),
+            (
+                "attention = 'mla'\nn_heads = 4\nn_kv_heads = 4",
+                "n_kv_heads",
+                "not used",
+            ),
             ("n_heads = 4", "attention", "missing"),
             ("attention = 'mha'\nn_heads = 0", "n_heads", "positive"),
-            ("attention = 'mha'\nn_heads = 4\nrope_theta = -1.0", "rope_theta", "> 1"),
-            ("attention = 'mha'\nn_heads = 4\npreset = 'nope'", "preset", "unknown preset"),
+            (
+                "attention = 'mha'\nn_heads = 4\nrope_theta = -1.0",
+                "rope_theta",
+                "> 1",
+            ),
+            (
+                "attention = 'mha'\nn_heads = 4\npreset = 'nope'",
+                "preset",
+                "unknown preset",
+            ),
         ];
         for (extra, key, needle) in cases {
             let e = section(&format!("{base}{extra}")).resolve().unwrap_err();

@@ -7,6 +7,7 @@ pub mod attention;
 pub mod block;
 pub mod cache;
 pub mod config;
+pub mod hf;
 pub mod init;
 pub mod mlp;
 pub mod rope;
@@ -15,7 +16,7 @@ pub mod transformer;
 pub use accounting::{CacheMode, FlopsPerToken, KvCacheSize, ParamCounts};
 pub use cache::KvCache;
 pub use config::{
-    AttentionConfig, AttentionKind, ConfigError, DType, LatentAttention, ModelConfig,
-    ModelSection, RopeStyle, StandardAttention, YarnConfig,
+    AttentionConfig, AttentionKind, ConfigError, DType, LatentAttention, ModelConfig, ModelSection,
+    RopeStyle, StandardAttention, YarnConfig,
 };
 pub use transformer::{Lm, cross_entropy};

@@ -99,8 +99,16 @@ impl Rope {
             offset + t
         );
         // [t, r/2] -> [1, 1, t, r/2], broadcast over batch and heads
-        let cos = self.cos.clone().slice([offset..offset + t, 0..half]).reshape([1, 1, t, half]);
-        let sin = self.sin.clone().slice([offset..offset + t, 0..half]).reshape([1, 1, t, half]);
+        let cos = self
+            .cos
+            .clone()
+            .slice([offset..offset + t, 0..half])
+            .reshape([1, 1, t, half]);
+        let sin = self
+            .sin
+            .clone()
+            .slice([offset..offset + t, 0..half])
+            .reshape([1, 1, t, half]);
         match self.style {
             RopeStyle::Interleaved => {
                 // [b, h, t, r] -> [b, h, t, r/2, 2]: pair i is (x[2i], x[2i+1])
@@ -148,7 +156,11 @@ mod tests {
     #[test]
     fn scores_depend_only_on_relative_position() {
         let device = Device::flex();
-        for (style, yarn) in [("interleaved", false), ("half", false), ("interleaved", true)] {
+        for (style, yarn) in [
+            ("interleaved", false),
+            ("half", false),
+            ("interleaved", true),
+        ] {
             let rope = Rope::new(&cfg(style, yarn), &device);
             let q = Tensor::<4>::random([1, 2, 1, 16], Distribution::Normal(0.0, 1.0), &device);
             let k = Tensor::<4>::random([1, 2, 1, 16], Distribution::Normal(0.0, 1.0), &device);
@@ -177,14 +189,20 @@ mod tests {
             let rope = Rope::new(&cfg(style, false), &device);
             let x = Tensor::<4>::random([2, 2, 5, 16], Distribution::Normal(0.0, 1.0), &device);
             let y = rope.apply(x.clone(), 0);
-            y.clone().slice_dim(2, 0..1).into_data().assert_approx_eq::<f32>(
-                &x.clone().slice_dim(2, 0..1).into_data(),
-                Tolerance::absolute(1e-6),
-            );
-            x.powi_scalar(2).sum_dim(3).into_data().assert_approx_eq::<f32>(
-                &y.powi_scalar(2).sum_dim(3).into_data(),
-                Tolerance::absolute(1e-4),
-            );
+            y.clone()
+                .slice_dim(2, 0..1)
+                .into_data()
+                .assert_approx_eq::<f32>(
+                    &x.clone().slice_dim(2, 0..1).into_data(),
+                    Tolerance::absolute(1e-6),
+                );
+            x.powi_scalar(2)
+                .sum_dim(3)
+                .into_data()
+                .assert_approx_eq::<f32>(
+                    &y.powi_scalar(2).sum_dim(3).into_data(),
+                    Tolerance::absolute(1e-4),
+                );
         }
     }
 
@@ -195,8 +213,12 @@ mod tests {
         let inter = Rope::new(&cfg("interleaved", false), &device);
         let half = Rope::new(&cfg("half", false), &device);
         let x = Tensor::<4>::random([1, 1, 6, 16], Distribution::Normal(0.0, 1.0), &device);
-        let perm: Vec<i64> = (0..8).map(|i| 2 * i).chain((0..8).map(|i| 2 * i + 1)).collect();
-        let perm = burn::tensor::Tensor::<1, burn::tensor::Int>::from_ints(perm.as_slice(), &device);
+        let perm: Vec<i64> = (0..8)
+            .map(|i| 2 * i)
+            .chain((0..8).map(|i| 2 * i + 1))
+            .collect();
+        let perm =
+            burn::tensor::Tensor::<1, burn::tensor::Int>::from_ints(perm.as_slice(), &device);
         let a = inter.apply(x.clone(), 2).select(3, perm.clone());
         let b = half.apply(x.select(3, perm), 2);
         a.into_data()

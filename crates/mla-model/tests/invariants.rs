@@ -17,12 +17,16 @@ fn tokens(rows: &[Vec<i64>]) -> Tensor<2, Int> {
 
 fn random_tokens(b: usize, t: usize, vocab: usize, seed: u64) -> Vec<Vec<i64>> {
     // A small LCG keeps the test inputs independent of any RNG crate's stream.
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..b)
         .map(|_| {
             (0..t)
                 .map(|_| {
-                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     ((s >> 33) % vocab as u64) as i64
                 })
                 .collect()
@@ -33,7 +37,11 @@ fn random_tokens(b: usize, t: usize, vocab: usize, seed: u64) -> Vec<Vec<i64>> {
 fn close(a: Tensor<3>, b: Tensor<3>, tol: f32, what: &str) {
     let a = a.into_data().try_into_vec::<f32>().unwrap();
     let b = b.into_data().try_into_vec::<f32>().unwrap();
-    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     assert!(worst <= tol, "{what}: max abs diff {worst} > {tol}");
 }
 
@@ -77,8 +85,7 @@ fn cached_decode_equals_full_forward() {
                 let mut outs = Vec::new();
                 let mut at = 0;
                 for n in &chunks {
-                    let part: Vec<Vec<i64>> =
-                        seq.iter().map(|r| r[at..at + n].to_vec()).collect();
+                    let part: Vec<Vec<i64>> = seq.iter().map(|r| r[at..at + n].to_vec()).collect();
                     outs.push(model.forward_cached(tokens(&part), &mut cache));
                     at += n;
                 }
@@ -120,7 +127,10 @@ fn absorbed_mla_equals_naive_mla() {
         let per_token = accounting::kv_cache(&cfg, CacheMode::Latent);
         assert_eq!(latent.elements_held(), 3 * 9 * per_token.elements_per_token);
         let naive_per_token = accounting::kv_cache(&cfg, CacheMode::Naive);
-        assert_eq!(naive.elements_held(), 3 * 9 * naive_per_token.elements_per_token);
+        assert_eq!(
+            naive.elements_held(),
+            3 * 9 * naive_per_token.elements_per_token
+        );
         assert!(latent.elements_held() < naive.elements_held());
     }
 }
@@ -141,9 +151,17 @@ fn accounting_matches_the_built_model() {
         let mut cache = model.new_cache(CacheMode::Latent);
         let _ = model.forward_cached(tokens(&random_tokens(2, 6, cfg.vocab_size, 1)), &mut cache);
         let kv = accounting::kv_cache(&cfg, CacheMode::Latent);
-        assert_eq!(cache.elements_held(), 2 * 6 * kv.elements_per_token, "{name}: cache");
+        assert_eq!(
+            cache.elements_held(),
+            2 * 6 * kv.elements_per_token,
+            "{name}: cache"
+        );
         // f32 tensors: 4 bytes per element.
-        assert_eq!(cache.bytes_held(), 4 * cache.elements_held(), "{name}: bytes");
+        assert_eq!(
+            cache.bytes_held(),
+            4 * cache.elements_held(),
+            "{name}: bytes"
+        );
     }
 }
 
@@ -161,7 +179,12 @@ fn gqa_with_all_kv_heads_equals_mha() {
     let mha = Lm::new(&mha_cfg, &device());
     let gqa = Lm::new(&gqa_cfg, &device()).load_record(mha.clone().into_record());
     let seq = tokens(&random_tokens(2, 10, mha_cfg.vocab_size, 9));
-    close(mha.forward(seq.clone()), gqa.forward(seq), 0.0, "gqa == mha");
+    close(
+        mha.forward(seq.clone()),
+        gqa.forward(seq),
+        0.0,
+        "gqa == mha",
+    );
 
     // And a gqa config with fewer K/V heads really is different (fewer parameters).
     let fewer: ModelSection = toml::from_str(&format!(
@@ -229,5 +252,8 @@ fn random_init_has_the_documented_std() {
     };
     let o = std(attn.o_proj.weight.val());
     let expected = 0.02 / 16f64.sqrt();
-    assert!((o - expected).abs() < 0.15 * expected, "o_proj std {o} vs {expected}");
+    assert!(
+        (o - expected).abs() < 0.15 * expected,
+        "o_proj std {o} vs {expected}"
+    );
 }

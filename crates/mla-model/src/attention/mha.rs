@@ -31,12 +31,7 @@ impl MultiHeadAttention {
             q_proj: init::linear(d, h * a.head_dim, std, device),
             k_proj: init::linear(d, a.n_kv_heads * a.head_dim, std, device),
             v_proj: init::linear(d, a.n_kv_heads * a.head_dim, std, device),
-            o_proj: init::linear(
-                h * a.head_dim,
-                d,
-                init::out_std(std, cfg.n_layers),
-                device,
-            ),
+            o_proj: init::linear(h * a.head_dim, d, init::out_std(std, cfg.n_layers), device),
             n_heads: h,
             n_kv_heads: a.n_kv_heads,
             head_dim: a.head_dim,
@@ -53,10 +48,22 @@ impl MultiHeadAttention {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         // [b, t, h * hd] -> [b, t, h, hd] -> [b, h, t, hd]
-        let q = self.q_proj.forward(x.clone()).reshape([b, t, h, hd]).swap_dims(1, 2);
+        let q = self
+            .q_proj
+            .forward(x.clone())
+            .reshape([b, t, h, hd])
+            .swap_dims(1, 2);
         // [b, t, kv * hd] -> [b, kv, t, hd]
-        let k = self.k_proj.forward(x.clone()).reshape([b, t, kv, hd]).swap_dims(1, 2);
-        let v = self.v_proj.forward(x).reshape([b, t, kv, hd]).swap_dims(1, 2);
+        let k = self
+            .k_proj
+            .forward(x.clone())
+            .reshape([b, t, kv, hd])
+            .swap_dims(1, 2);
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([b, t, kv, hd])
+            .swap_dims(1, 2);
 
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let q = rope.apply(q, offset);
@@ -68,7 +75,8 @@ impl MultiHeadAttention {
 
         let out = causal_attention(q, repeat_kv(k, h / kv), repeat_kv(v, h / kv), self.scale);
         // [b, h, t, hd] -> [b, t, h * hd]
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
 }
 

@@ -99,7 +99,12 @@ impl MultiHeadLatentAttention {
                 std,
                 device,
             ),
-            o_proj: init::linear(h * a.v_head_dim, d, init::out_std(std, cfg.n_layers), device),
+            o_proj: init::linear(
+                h * a.v_head_dim,
+                d,
+                init::out_std(std, cfg.n_layers),
+                device,
+            ),
             n_heads: h,
             kv_lora_rank: a.kv_lora_rank,
             qk_nope_head_dim: a.qk_nope_head_dim,
@@ -120,7 +125,11 @@ impl MultiHeadLatentAttention {
         let r = self.kv_lora_rank;
 
         // [b, t, h * (nope + rope)] -> [b, t, h, nope + rope] -> [b, h, t, nope + rope]
-        let q = self.q.forward(x.clone()).reshape([b, t, h, nope + rope_d]).swap_dims(1, 2);
+        let q = self
+            .q
+            .forward(x.clone())
+            .reshape([b, t, h, nope + rope_d])
+            .swap_dims(1, 2);
         let q_nope = q.clone().slice_dim(3, 0..nope); // [b, h, t, nope]
         let q_pe = q.slice_dim(3, nope..nope + rope_d); // [b, h, t, rope]
 
@@ -134,11 +143,14 @@ impl MultiHeadLatentAttention {
         let k_pe = rope.apply(k_pe, offset);
 
         let out = match cache {
-            Some(cache) if cache.is_latent() => self.attend_absorbed(q_nope, q_pe, c_kv, k_pe, cache),
+            Some(cache) if cache.is_latent() => {
+                self.attend_absorbed(q_nope, q_pe, c_kv, k_pe, cache)
+            }
             cache => self.attend_naive(q_nope, q_pe, c_kv, k_pe, cache),
         }; // [b, h, t, v]
         // [b, h, t, v] -> [b, t, h * v]
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * self.v_head_dim]))
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, t, h * self.v_head_dim]))
     }
 
     /// Decompress per-head keys and values from the latent and attend as MHA would (training,
@@ -156,9 +168,17 @@ impl MultiHeadLatentAttention {
         cache: Option<&mut LayerCache>,
     ) -> Tensor<4> {
         let [b, h, t, _] = q_nope.dims();
-        let (nope, rope_d, v_d) = (self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim);
+        let (nope, rope_d, v_d) = (
+            self.qk_nope_head_dim,
+            self.qk_rope_head_dim,
+            self.v_head_dim,
+        );
         // [b, t, r] -> [b, t, h * (nope + v)] -> [b, t, h, nope + v] -> [b, h, t, nope + v]
-        let kv = self.kv_b_proj.forward(c_kv).reshape([b, t, h, nope + v_d]).swap_dims(1, 2);
+        let kv = self
+            .kv_b_proj
+            .forward(c_kv)
+            .reshape([b, t, h, nope + v_d])
+            .swap_dims(1, 2);
         let k_nope = kv.clone().slice_dim(3, 0..nope); // [b, h, t, nope]
         let v = kv.slice_dim(3, nope..nope + v_d); // [b, h, t, v]
         // Every head sees the same rotary key: [b, 1, t, rope] -> [b, h, t, rope]
@@ -214,9 +234,16 @@ impl MultiHeadLatentAttention {
         // burn's Linear weight is [d_in, d_out]: [r, h * (nope + v)] -> [r, h, nope + v]
         let w = self.kv_b_proj.weight.val().reshape([r, h, nope + v_d]);
         // [r, h, nope] -> [h, nope, r] -> [1, h, nope, r]
-        let w_uk = w.clone().slice_dim(2, 0..nope).permute([1, 2, 0]).unsqueeze_dim(0);
+        let w_uk = w
+            .clone()
+            .slice_dim(2, 0..nope)
+            .permute([1, 2, 0])
+            .unsqueeze_dim(0);
         // [r, h, v] -> [h, r, v] -> [1, h, r, v]
-        let w_uv = w.slice_dim(2, nope..nope + v_d).permute([1, 0, 2]).unsqueeze_dim(0);
+        let w_uv = w
+            .slice_dim(2, nope..nope + v_d)
+            .permute([1, 0, 2])
+            .unsqueeze_dim(0);
         Absorbed { w_uk, w_uv }
     }
 }

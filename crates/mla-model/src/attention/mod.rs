@@ -26,7 +26,9 @@ impl Attention {
     pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
         match cfg.attention {
             AttentionConfig::Standard(a) => Self::Standard(MultiHeadAttention::new(cfg, a, device)),
-            AttentionConfig::Latent(a) => Self::Latent(MultiHeadLatentAttention::new(cfg, a, device)),
+            AttentionConfig::Latent(a) => {
+                Self::Latent(MultiHeadLatentAttention::new(cfg, a, device))
+            }
         }
     }
 

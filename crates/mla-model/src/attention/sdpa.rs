@@ -69,7 +69,12 @@ pub fn causal_attention_folded(
 ///
 /// # Shapes
 /// - returns `[1, 1, groups * t_q, t_k]`
-fn future_mask(t_q: usize, t_k: usize, groups: usize, device: &burn::tensor::Device) -> Tensor<4, Bool> {
+fn future_mask(
+    t_q: usize,
+    t_k: usize,
+    groups: usize,
+    device: &burn::tensor::Device,
+) -> Tensor<4, Bool> {
     let offset = (t_k - t_q) as i64;
     let rows = (groups * t_q) as i64;
     // [rows, 1]: position of each query row

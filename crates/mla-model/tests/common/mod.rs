@@ -20,24 +20,38 @@ pub fn model(extra: &str) -> ModelConfig {
 pub fn variants() -> Vec<(&'static str, ModelConfig)> {
     vec![
         ("mha", model("attention = 'mha'\nn_heads = 4")),
-        ("gqa", model("attention = 'gqa'\nn_heads = 4\nn_kv_heads = 2")),
+        (
+            "gqa",
+            model("attention = 'gqa'\nn_heads = 4\nn_kv_heads = 2"),
+        ),
         ("mqa", model("attention = 'mqa'\nn_heads = 4")),
-        ("mha-half-tied", model("attention = 'mha'\nn_heads = 2\nrope_style = 'half'\ntie_embeddings = true")),
+        (
+            "mha-half-tied",
+            model("attention = 'mha'\nn_heads = 2\nrope_style = 'half'\ntie_embeddings = true"),
+        ),
         (
             "mla-q-lora",
-            model("attention = 'mla'\nn_heads = 4\nq_lora_rank = 16\nkv_lora_rank = 12\nqk_nope_head_dim = 8\nqk_rope_head_dim = 4\nv_head_dim = 6"),
+            model(
+                "attention = 'mla'\nn_heads = 4\nq_lora_rank = 16\nkv_lora_rank = 12\nqk_nope_head_dim = 8\nqk_rope_head_dim = 4\nv_head_dim = 6",
+            ),
         ),
         (
             "mla-plain-q",
-            model("attention = 'mla'\nn_heads = 4\nkv_lora_rank = 12\nqk_nope_head_dim = 8\nqk_rope_head_dim = 4\nv_head_dim = 6"),
+            model(
+                "attention = 'mla'\nn_heads = 4\nkv_lora_rank = 12\nqk_nope_head_dim = 8\nqk_rope_head_dim = 4\nv_head_dim = 6",
+            ),
         ),
         (
             "mla-half",
-            model("attention = 'mla'\nn_heads = 2\nkv_lora_rank = 16\nqk_nope_head_dim = 8\nqk_rope_head_dim = 8\nv_head_dim = 8\nrope_style = 'half'"),
+            model(
+                "attention = 'mla'\nn_heads = 2\nkv_lora_rank = 16\nqk_nope_head_dim = 8\nqk_rope_head_dim = 8\nv_head_dim = 8\nrope_style = 'half'",
+            ),
         ),
         (
             "mla-yarn",
-            model("attention = 'mla'\nn_heads = 4\nq_lora_rank = 8\nkv_lora_rank = 12\nqk_nope_head_dim = 8\nqk_rope_head_dim = 4\nv_head_dim = 6\nrope_scaling = { type = 'yarn', factor = 4.0, original_max_position_embeddings = 6, mscale = 0.707, mscale_all_dim = 0.707 }"),
+            model(
+                "attention = 'mla'\nn_heads = 4\nq_lora_rank = 8\nkv_lora_rank = 12\nqk_nope_head_dim = 8\nqk_rope_head_dim = 4\nv_head_dim = 6\nrope_scaling = { type = 'yarn', factor = 4.0, original_max_position_embeddings = 6, mscale = 0.707, mscale_all_dim = 0.707 }",
+            ),
         ),
     ]
 }

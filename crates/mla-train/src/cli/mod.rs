@@ -3,10 +3,17 @@
 use clap::{Parser, Subcommand};
 
 mod data;
+mod eval;
+mod inspect;
 mod tokenizer;
+mod train;
 
 #[derive(Parser)]
-#[command(name = "mla", version, about = "Train and study small language models with multi-head latent attention")]
+#[command(
+    name = "mla",
+    version,
+    about = "Train and study small language models with multi-head latent attention"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -14,6 +21,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a model from a TOML run config.
+    Train(train::TrainArgs),
+    /// Train starting from another run's weights (model weights only).
+    Finetune(train::FinetuneArgs),
+    /// Loss and perplexity of a checkpoint on token shards.
+    Eval(eval::EvalArgs),
+    /// Parameters, KV cache and FLOPs per token of a model config.
+    Inspect(inspect::InspectArgs),
     /// Tokenizer training and quick encode/decode checks.
     #[command(subcommand)]
     Tokenizer(tokenizer::TokenizerCommand),
@@ -24,6 +39,10 @@ enum Command {
 
 pub fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Train(a) => train::run(a),
+        Command::Finetune(a) => train::run_finetune(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Inspect(a) => inspect::run(a),
         Command::Tokenizer(c) => tokenizer::run(c),
         Command::Data(c) => data::run(c),
     }

@@ -1,0 +1,110 @@
+//! Device selection: `cpu` (burn's pure-Rust flex backend, the default), and with the `tch`
+//! feature `tch-cpu` (libtorch on CPU), `cuda` / `cuda:N` (libtorch CUDA).
+
+use burn::tensor::{Device, FloatDType};
+
+use crate::config::TrainDType;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    TchCpu,
+    Cuda(usize),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("unknown device {0:?}; use \"cpu\", \"tch-cpu\", \"cuda\" or \"cuda:N\"")]
+    Unknown(String),
+    #[error(
+        "device {0:?} needs libtorch: this `mla` was built without the `tch` feature. Build with \
+         `scripts/setup-libtorch.sh` (add --cpu for the CPU-only libtorch), source .venv/libtorch.env, \
+         then `cargo build --release --features tch --target-dir target-tch` (see README, libtorch)"
+    )]
+    NotBuilt(String),
+    #[error("cannot use dtype {dtype} on {device}: {message}")]
+    DType {
+        dtype: String,
+        device: String,
+        message: String,
+    },
+}
+
+pub fn parse(s: &str) -> Result<DeviceSpec, DeviceError> {
+    match s {
+        "cpu" => Ok(DeviceSpec::Cpu),
+        "tch-cpu" => Ok(DeviceSpec::TchCpu),
+        "cuda" => Ok(DeviceSpec::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceSpec::Cuda)
+            .ok_or_else(|| DeviceError::Unknown(s.to_string())),
+    }
+}
+
+impl DeviceSpec {
+    /// The inference device (no autodiff), with its default float dtype set.
+    ///
+    /// The dtype of a device can be set once per process, before any tensor is made on it.
+    pub fn device(self, dtype: TrainDType) -> Result<Device, DeviceError> {
+        let name = self.to_string();
+        let mut device = match self {
+            DeviceSpec::Cpu => Device::flex(),
+            #[cfg(feature = "tch")]
+            DeviceSpec::TchCpu => Device::libtorch(),
+            #[cfg(feature = "tch")]
+            DeviceSpec::Cuda(i) => Device::libtorch_cuda(i),
+            #[cfg(not(feature = "tch"))]
+            _ => return Err(DeviceError::NotBuilt(name)),
+        };
+        if dtype == TrainDType::Bf16 {
+            device
+                .configure(FloatDType::BF16)
+                .map_err(|e| DeviceError::DType {
+                    dtype: "bf16".into(),
+                    device: name,
+                    message: format!("{e:?}"),
+                })?;
+        }
+        Ok(device)
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::TchCpu => f.write_str("tch-cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        assert_eq!(parse("cpu").unwrap(), DeviceSpec::Cpu);
+        assert_eq!(parse("tch-cpu").unwrap(), DeviceSpec::TchCpu);
+        assert_eq!(parse("cuda").unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!(parse("cuda:3").unwrap(), DeviceSpec::Cuda(3));
+        for bad in ["gpu", "cuda:", "cuda:x", ""] {
+            assert!(
+                parse(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("unknown device")
+            );
+        }
+    }
+
+    #[cfg(not(feature = "tch"))]
+    #[test]
+    fn libtorch_devices_say_how_to_build_for_them() {
+        let e = DeviceSpec::Cuda(0).device(TrainDType::F32).unwrap_err();
+        assert!(e.to_string().contains("--features tch"), "{e}");
+    }
+}
