@@ -2,8 +2,12 @@
 
 use clap::{Parser, Subcommand};
 
+mod ablate;
+mod bench;
+mod compare;
 mod data;
 mod eval;
+mod generate;
 mod inspect;
 mod tokenizer;
 mod train;
@@ -29,6 +33,14 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Parameters, KV cache and FLOPs per token of a model config.
     Inspect(inspect::InspectArgs),
+    /// Generate text from a checkpoint, streaming it as it is produced.
+    Generate(generate::Args),
+    /// Benchmarks (decode speed and KV-cache size per attention type).
+    Bench(bench::Args),
+    /// Plot and tabulate runs against each other.
+    Compare(compare::Args),
+    /// Train one run per attention type (and seed) from a base config, then compare them.
+    Ablate(ablate::Args),
     /// Tokenizer training and quick encode/decode checks.
     #[command(subcommand)]
     Tokenizer(tokenizer::TokenizerCommand),
@@ -43,6 +55,10 @@ pub fn run() -> anyhow::Result<()> {
         Command::Finetune(a) => train::run_finetune(a),
         Command::Eval(a) => eval::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Compare(a) => compare::run(a),
+        Command::Ablate(a) => ablate::run(a),
         Command::Tokenizer(c) => tokenizer::run(c),
         Command::Data(c) => data::run(c),
     }

@@ -1,0 +1,8 @@
+//! `mla ablate` (being written).
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("mla ablate is not built yet")
+}

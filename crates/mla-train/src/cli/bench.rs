@@ -1,0 +1,8 @@
+//! `mla bench` (being written).
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("mla bench is not built yet")
+}
