@@ -97,10 +97,27 @@ impl HfMismatch {
     }
 }
 
+/// Which RoPE pairing (and softmax-scale placement) the tensors follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// The HF architecture's: what `transformers` loads (export and import of HF directories).
+    Hf,
+    /// The model's own `rope_style`, unchanged (the PyTorch reference's fixtures).
+    Native,
+}
+
+/// How export changes a linear layer's output rows (import undoes it).
+#[derive(Clone, Debug, Default)]
+struct RowMap {
+    /// `hf[i] = ours[perm[i]]`
+    perm: Option<Vec<usize>>,
+    /// Rows multiplied by this on export.
+    scale: Option<f32>,
+}
+
 /// Where a tensor lives in our model.
 enum Slot<'a> {
-    /// A linear layer; `rows` permutes its output rows on export (`hf[i] = ours[rows[i]]`).
-    Linear(&'a mut Linear, Option<Vec<usize>>),
+    Linear(&'a mut Linear, RowMap),
     Norm(&'a mut RmsNorm),
     Embedding(&'a mut Embedding),
 }
@@ -149,10 +166,23 @@ fn rope_rows(
 }
 
 /// Visit every weight with its HF name.
-fn for_each_slot(model: &mut Lm, f: &mut dyn FnMut(String, Slot<'_>)) {
+fn for_each_slot(model: &mut Lm, layout: Layout, f: &mut dyn FnMut(String, Slot<'_>)) {
     let cfg = model.config().clone();
     let ours = cfg.rope_style;
-    let theirs = HfArch::of(&cfg).rope_style();
+    let theirs = match layout {
+        Layout::Hf => HfArch::of(&cfg).rope_style(),
+        Layout::Native => ours,
+    };
+    let perm = |p: Option<Vec<usize>>| RowMap { perm: p, scale: None };
+    let plain = RowMap::default;
+    // Llama scales its softmax by head_dim^-0.5 only; YaRN's mscale^2 (which DeepseekV2 and we
+    // apply to the scores) is folded into q_proj instead: scores are linear in q.
+    let q_scale = match (layout, &cfg.rope_scaling, cfg.attention) {
+        (Layout::Hf, Some(y), AttentionConfig::Standard(_)) if y.softmax_factor() != 1.0 => {
+            Some(y.softmax_factor() as f32)
+        }
+        _ => None,
+    };
     let h = cfg.n_heads;
     f(
         "model.embed_tokens.weight".into(),
@@ -172,85 +202,49 @@ fn for_each_slot(model: &mut Lm, f: &mut dyn FnMut(String, Slot<'_>)) {
         match (&mut layer.self_attn, cfg.attention) {
             (Attention::Standard(m), AttentionConfig::Standard(s)) => {
                 let hd = s.head_dim;
-                f(
-                    format!("{a}.q_proj.weight"),
-                    Slot::Linear(&mut m.q_proj, rope_rows(h, hd, 0, hd, ours, theirs)),
-                );
-                f(
-                    format!("{a}.k_proj.weight"),
-                    Slot::Linear(
-                        &mut m.k_proj,
-                        rope_rows(s.n_kv_heads, hd, 0, hd, ours, theirs),
-                    ),
-                );
-                f(
-                    format!("{a}.v_proj.weight"),
-                    Slot::Linear(&mut m.v_proj, None),
-                );
-                f(
-                    format!("{a}.o_proj.weight"),
-                    Slot::Linear(&mut m.o_proj, None),
-                );
+                let q = RowMap {
+                    perm: rope_rows(h, hd, 0, hd, ours, theirs),
+                    scale: q_scale,
+                };
+                let k = perm(rope_rows(s.n_kv_heads, hd, 0, hd, ours, theirs));
+                f(format!("{a}.q_proj.weight"), Slot::Linear(&mut m.q_proj, q));
+                f(format!("{a}.k_proj.weight"), Slot::Linear(&mut m.k_proj, k));
+                f(format!("{a}.v_proj.weight"), Slot::Linear(&mut m.v_proj, plain()));
+                f(format!("{a}.o_proj.weight"), Slot::Linear(&mut m.o_proj, plain()));
             }
             (Attention::Latent(m), AttentionConfig::Latent(l)) => {
                 let (nope, r) = (l.qk_nope_head_dim, l.qk_rope_head_dim);
-                let q_rows = rope_rows(h, nope + r, nope, r, ours, theirs);
+                let q_rows = perm(rope_rows(h, nope + r, nope, r, ours, theirs));
                 match &mut m.q {
                     QueryProjection::Plain(q) => {
                         f(format!("{a}.q_proj.weight"), Slot::Linear(q, q_rows))
                     }
                     QueryProjection::LowRank(q) => {
-                        f(
-                            format!("{a}.q_a_proj.weight"),
-                            Slot::Linear(&mut q.q_a_proj, None),
-                        );
-                        f(
-                            format!("{a}.q_a_layernorm.weight"),
-                            Slot::Norm(&mut q.q_a_layernorm),
-                        );
-                        f(
-                            format!("{a}.q_b_proj.weight"),
-                            Slot::Linear(&mut q.q_b_proj, q_rows),
-                        );
+                        f(format!("{a}.q_a_proj.weight"), Slot::Linear(&mut q.q_a_proj, plain()));
+                        f(format!("{a}.q_a_layernorm.weight"), Slot::Norm(&mut q.q_a_layernorm));
+                        f(format!("{a}.q_b_proj.weight"), Slot::Linear(&mut q.q_b_proj, q_rows));
                     }
                 }
                 // One "head" of kv_lora_rank + rope rows, the rope rows last.
-                let kv_rows = rope_rows(1, l.kv_lora_rank + r, l.kv_lora_rank, r, ours, theirs);
+                let kv_rows = perm(rope_rows(1, l.kv_lora_rank + r, l.kv_lora_rank, r, ours, theirs));
                 f(
                     format!("{a}.kv_a_proj_with_mqa.weight"),
                     Slot::Linear(&mut m.kv_a_proj_with_mqa, kv_rows),
                 );
-                f(
-                    format!("{a}.kv_a_layernorm.weight"),
-                    Slot::Norm(&mut m.kv_a_layernorm),
-                );
-                f(
-                    format!("{a}.kv_b_proj.weight"),
-                    Slot::Linear(&mut m.kv_b_proj, None),
-                );
-                f(
-                    format!("{a}.o_proj.weight"),
-                    Slot::Linear(&mut m.o_proj, None),
-                );
+                f(format!("{a}.kv_a_layernorm.weight"), Slot::Norm(&mut m.kv_a_layernorm));
+                f(format!("{a}.kv_b_proj.weight"), Slot::Linear(&mut m.kv_b_proj, plain()));
+                f(format!("{a}.o_proj.weight"), Slot::Linear(&mut m.o_proj, plain()));
             }
             _ => unreachable!("attention module and config always agree"),
         }
-        f(
-            format!("{p}.mlp.gate_proj.weight"),
-            Slot::Linear(&mut layer.mlp.gate_proj, None),
-        );
-        f(
-            format!("{p}.mlp.up_proj.weight"),
-            Slot::Linear(&mut layer.mlp.up_proj, None),
-        );
-        f(
-            format!("{p}.mlp.down_proj.weight"),
-            Slot::Linear(&mut layer.mlp.down_proj, None),
-        );
+        let mlp = &mut layer.mlp;
+        f(format!("{p}.mlp.gate_proj.weight"), Slot::Linear(&mut mlp.gate_proj, plain()));
+        f(format!("{p}.mlp.up_proj.weight"), Slot::Linear(&mut mlp.up_proj, plain()));
+        f(format!("{p}.mlp.down_proj.weight"), Slot::Linear(&mut mlp.down_proj, plain()));
     }
     f("model.norm.weight".into(), Slot::Norm(&mut model.norm));
     if let Some(head) = &mut model.lm_head {
-        f("lm_head.weight".into(), Slot::Linear(head, None));
+        f("lm_head.weight".into(), Slot::Linear(head, plain()));
     }
 }
 
@@ -278,18 +272,22 @@ fn permute_rows(data: &[f32], cols: usize, rows: &[usize]) -> Vec<f32> {
         .collect()
 }
 
-/// Every weight of `model` under its HF name, in HF layout and RoPE convention.
-pub fn export(model: &Lm) -> BTreeMap<String, HfTensor> {
+/// Every weight of `model` under its HF name, in HF layout (`[out, in]` linears) and the
+/// RoPE convention of `layout`.
+pub fn export(model: &Lm, layout: Layout) -> BTreeMap<String, HfTensor> {
     let mut out = BTreeMap::new();
     let mut model = model.clone();
-    for_each_slot(&mut model, &mut |name, slot| {
+    for_each_slot(&mut model, layout, &mut |name, slot| {
         let tensor = match slot {
-            Slot::Linear(l, rows) => {
+            Slot::Linear(l, map) => {
                 let [d_in, d_out] = l.weight.dims();
                 // burn [in, out] -> HF [out, in]
                 let mut data = transpose(&to_f32(l.weight.val()), d_in, d_out);
-                if let Some(rows) = rows {
+                if let Some(rows) = map.perm {
                     data = permute_rows(&data, d_in, &rows);
+                }
+                if let Some(k) = map.scale {
+                    data.iter_mut().for_each(|x| *x *= k);
                 }
                 HfTensor {
                     shape: vec![d_out, d_in],
@@ -310,9 +308,14 @@ pub fn export(model: &Lm) -> BTreeMap<String, HfTensor> {
     out
 }
 
-/// Load HF-named weights into `model` (whose config fixes the expected names and shapes).
-/// Every problem is collected: missing and unexpected names, and wrong shapes.
-pub fn import(mut model: Lm, mut tensors: BTreeMap<String, HfTensor>) -> Result<Lm, HfMismatch> {
+/// Load HF-named weights (HF layout, RoPE convention of `layout`) into `model`, whose config
+/// fixes the expected names and shapes. Every problem is collected: missing and unexpected
+/// names, and wrong shapes.
+pub fn import(
+    mut model: Lm,
+    mut tensors: BTreeMap<String, HfTensor>,
+    layout: Layout,
+) -> Result<Lm, HfMismatch> {
     let mut problems = HfMismatch::default();
     let device = model.embed_tokens.weight.device();
     let dtype = model.embed_tokens.weight.val().dtype();
@@ -323,7 +326,7 @@ pub fn import(mut model: Lm, mut tensors: BTreeMap<String, HfTensor>) -> Result<
         let n = data.len();
         Param::from_data(TensorData::new(data, [n]).convert_dtype(dtype), &device)
     };
-    for_each_slot(&mut model, &mut |name, slot| {
+    for_each_slot(&mut model, layout, &mut |name, slot| {
         let expected: Vec<usize> = match &slot {
             Slot::Linear(l, _) => {
                 let [d_in, d_out] = l.weight.dims();
@@ -341,10 +344,13 @@ pub fn import(mut model: Lm, mut tensors: BTreeMap<String, HfTensor>) -> Result<
             return;
         }
         match slot {
-            Slot::Linear(l, rows) => {
+            Slot::Linear(l, map) => {
                 let (d_out, d_in) = (expected[0], expected[1]);
                 let mut data = t.data;
-                if let Some(rows) = rows {
+                if let Some(k) = map.scale {
+                    data.iter_mut().for_each(|x| *x /= k);
+                }
+                if let Some(rows) = map.perm {
                     // Undo the export permutation: ours[rows[i]] = hf[i].
                     let mut inverse = vec![0; rows.len()];
                     for (i, &r) in rows.iter().enumerate() {
@@ -544,12 +550,13 @@ mod tests {
         for extra in [
             "attention = 'mha'\nn_heads = 4",
             "attention = 'gqa'\nn_heads = 4\nn_kv_heads = 2\nrope_style = 'half'",
+            "attention = 'mqa'\nn_heads = 4\nrope_scaling = { type = 'yarn', factor = 4.0, original_max_position_embeddings = 4, mscale_all_dim = 1.0 }",
             "attention = 'mla'\nn_heads = 4\nq_lora_rank = 8\nkv_lora_rank = 8\nqk_rope_head_dim = 4",
             "attention = 'mla'\nn_heads = 2\nkv_lora_rank = 8\nqk_rope_head_dim = 8\nrope_style = 'half'\ntie_embeddings = true",
         ] {
             let c = cfg(extra);
             let a = Lm::new(&c, &device);
-            let b = import(Lm::new(&c, &device), export(&a)).unwrap();
+            let b = import(Lm::new(&c, &device), export(&a, Layout::Hf), Layout::Hf).unwrap();
             let x = Tensor::<2, Int>::from_data(
                 TensorData::new(vec![1i64, 5, 9, 2, 7], [1, 5]),
                 &device,
@@ -567,7 +574,7 @@ mod tests {
             &cfg("attention = 'mla'\nn_heads = 4\nkv_lora_rank = 8\nqk_rope_head_dim = 4"),
             &device,
         );
-        let mut t = export(&a);
+        let mut t = export(&a, Layout::Native);
         t.remove("model.layers.1.self_attn.kv_b_proj.weight");
         t.get_mut("model.norm.weight").unwrap().shape = vec![31];
         t.insert(
@@ -578,7 +585,7 @@ mod tests {
             },
         );
         let b = Lm::new(a.config(), &device);
-        let e = import(b, t).unwrap_err();
+        let e = import(b, t, Layout::Native).unwrap_err();
         assert_eq!(e.missing, vec!["model.layers.1.self_attn.kv_b_proj.weight"]);
         assert_eq!(e.unexpected, vec!["model.layers.0.mlp.experts.0.weight"]);
         assert_eq!(e.wrong_shape[0].0, "model.norm.weight");

@@ -25,6 +25,9 @@ use crate::config::{LatentAttention, ModelConfig};
 use crate::init;
 use crate::rope::Rope;
 
+/// Epsilon of `q_a_layernorm` and `kv_a_layernorm`, fixed as in DeepSeek-V2.
+pub const LATENT_NORM_EPS: f64 = 1e-6;
+
 /// DeepSeek-V2's low-rank query path: `q_b_proj(q_a_layernorm(q_a_proj(x)))`.
 #[derive(Module, Debug)]
 pub struct LowRankQuery {
@@ -79,7 +82,10 @@ pub struct Absorbed {
 
 impl MultiHeadLatentAttention {
     pub fn new(cfg: &ModelConfig, a: LatentAttention, device: &Device) -> Self {
-        let (d, h, std, eps) = (cfg.d_model, cfg.n_heads, cfg.init_std, cfg.rms_norm_eps);
+        let (d, h, std) = (cfg.d_model, cfg.n_heads, cfg.init_std);
+        // DeepSeek-V2 builds the latent norms with eps 1e-6 whatever `rms_norm_eps` says (its
+        // reference code and HF's DeepseekV2 do); we do the same so weights map exactly.
+        let eps = LATENT_NORM_EPS;
         let q_out = h * a.qk_head_dim();
         let q = match a.q_lora_rank {
             None => QueryProjection::Plain(init::linear(d, q_out, std, device)),

@@ -7,6 +7,7 @@ mod bench;
 mod compare;
 mod data;
 mod eval;
+mod export;
 mod generate;
 mod inspect;
 mod tokenizer;
@@ -31,6 +32,10 @@ enum Command {
     Finetune(train::FinetuneArgs),
     /// Loss and perplexity of a checkpoint on token shards.
     Eval(eval::EvalArgs),
+    /// Export a checkpoint as a HuggingFace transformers model directory.
+    Export(export::ExportArgs),
+    /// Write the logits of a prompt to a safetensors file (to compare implementations).
+    Logits(export::LogitsArgs),
     /// Parameters, KV cache and FLOPs per token of a model config.
     Inspect(inspect::InspectArgs),
     /// Generate text from a checkpoint, streaming it as it is produced.
@@ -54,6 +59,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Finetune(a) => train::run_finetune(a),
         Command::Eval(a) => eval::run(a),
+        Command::Export(a) => export::run_export(a),
+        Command::Logits(a) => export::run_logits(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
