@@ -98,17 +98,14 @@ impl Rope {
             offset,
             offset + t
         );
-        // [t, r/2] -> [1, 1, t, r/2], broadcast over batch and heads
-        let cos = self
-            .cos
-            .clone()
-            .slice([offset..offset + t, 0..half])
-            .reshape([1, 1, t, half]);
-        let sin = self
-            .sin
-            .clone()
-            .slice([offset..offset + t, 0..half])
-            .reshape([1, 1, t, half]);
+        // [t, r/2] -> [1, 1, t, r/2], broadcast over batch and heads, in x's precision
+        let table = |full: &Tensor<2>| {
+            full.clone()
+                .slice([offset..offset + t, 0..half])
+                .reshape([1, 1, t, half])
+                .cast(x.dtype())
+        };
+        let (cos, sin) = (table(&self.cos), table(&self.sin));
         match self.style {
             RopeStyle::Interleaved => {
                 // [b, h, t, r] -> [b, h, t, r/2, 2]: pair i is (x[2i], x[2i+1])

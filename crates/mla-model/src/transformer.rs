@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, RmsNorm};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::module::linear;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor};
 
 use crate::accounting::CacheMode;
 use crate::block::Block;
@@ -102,8 +102,8 @@ impl Lm {
 /// - logits `[b, t, v]`, targets `[b, t]` -> `[1]`
 pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
     let [b, t, v] = logits.dims();
-    // [b, t, v] -> [b * t, v]
-    let log_probs = log_softmax(logits.reshape([b * t, v]), 1);
+    // [b, t, v] -> [b * t, v], in f32 whatever the compute precision: the loss needs it.
+    let log_probs = log_softmax(logits.reshape([b * t, v]).cast(DType::F32), 1);
     // [b * t, 1]: the log-probability of each target
     let picked = log_probs.gather(1, targets.reshape([b * t, 1]));
     picked.mean().neg()

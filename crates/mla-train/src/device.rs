@@ -1,9 +1,7 @@
 //! Device selection: `cpu` (burn's pure-Rust flex backend, the default), and with the `tch`
 //! feature `tch-cpu` (libtorch on CPU), `cuda` / `cuda:N` (libtorch CUDA).
 
-use burn::tensor::{Device, FloatDType};
-
-use crate::config::TrainDType;
+use burn::tensor::Device;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceSpec {
@@ -22,12 +20,6 @@ pub enum DeviceError {
          then `cargo build --release --features tch --target-dir target-tch` (see README, libtorch)"
     )]
     NotBuilt(String),
-    #[error("cannot use dtype {dtype} on {device}: {message}")]
-    DType {
-        dtype: String,
-        device: String,
-        message: String,
-    },
 }
 
 pub fn parse(s: &str) -> Result<DeviceSpec, DeviceError> {
@@ -44,30 +36,17 @@ pub fn parse(s: &str) -> Result<DeviceSpec, DeviceError> {
 }
 
 impl DeviceSpec {
-    /// The inference device (no autodiff), with its default float dtype set.
-    ///
-    /// The dtype of a device can be set once per process, before any tensor is made on it.
-    pub fn device(self, dtype: TrainDType) -> Result<Device, DeviceError> {
-        let name = self.to_string();
-        let mut device = match self {
-            DeviceSpec::Cpu => Device::flex(),
+    /// The device (without autodiff; `.autodiff()` gives the training one).
+    pub fn device(self) -> Result<Device, DeviceError> {
+        match self {
+            DeviceSpec::Cpu => Ok(Device::flex()),
             #[cfg(feature = "tch")]
-            DeviceSpec::TchCpu => Device::libtorch(),
+            DeviceSpec::TchCpu => Ok(Device::libtorch()),
             #[cfg(feature = "tch")]
-            DeviceSpec::Cuda(i) => Device::libtorch_cuda(i),
+            DeviceSpec::Cuda(i) => Ok(Device::libtorch_cuda(i)),
             #[cfg(not(feature = "tch"))]
-            _ => return Err(DeviceError::NotBuilt(name)),
-        };
-        if dtype == TrainDType::Bf16 {
-            device
-                .configure(FloatDType::BF16)
-                .map_err(|e| DeviceError::DType {
-                    dtype: "bf16".into(),
-                    device: name,
-                    message: format!("{e:?}"),
-                })?;
+            _ => Err(DeviceError::NotBuilt(self.to_string())),
         }
-        Ok(device)
     }
 }
 
@@ -104,7 +83,7 @@ mod tests {
     #[cfg(not(feature = "tch"))]
     #[test]
     fn libtorch_devices_say_how_to_build_for_them() {
-        let e = DeviceSpec::Cuda(0).device(TrainDType::F32).unwrap_err();
+        let e = DeviceSpec::Cuda(0).device().unwrap_err();
         assert!(e.to_string().contains("--features tch"), "{e}");
     }
 }

@@ -1,14 +1,19 @@
 //! Training, evaluation and tooling for the `mla` command: run configs, the training loop,
 //! checkpoints, metrics, and HuggingFace interop.
 
+pub mod ablate;
+pub mod bench;
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod generate;
 pub mod hf;
 pub mod metrics;
 pub mod optim;
+pub mod precision;
 pub mod schedule;
 pub mod trainer;
 

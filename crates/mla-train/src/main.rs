@@ -3,6 +3,11 @@
 
 mod cli;
 
+// Training allocates and frees many large temporary tensors every step; glibc's malloc hands
+// those back to the kernel (mmap/munmap) each time, which costs page faults. mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -20,7 +20,7 @@ use crate::error::{TrainError, io};
 use crate::eval::evaluate;
 use crate::metrics::{EvalRecord, Metrics, TrainRecord};
 use crate::schedule::Schedule;
-use crate::{device, hf, optim};
+use crate::{device, hf, optim, precision};
 
 pub struct TrainOptions {
     pub run_dir: PathBuf,
@@ -56,7 +56,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Train
     let run_dir = &opts.run_dir;
     let ckpt_dir = checkpoint_dir(cfg, run_dir);
     let spec = device::parse(&cfg.train.device)?;
-    let device = spec.device(cfg.train.dtype)?;
+    let device = spec.device()?;
     let train_device = device.clone().autodiff();
 
     // Resume, or refuse to clobber a run that has checkpoints.
@@ -210,12 +210,15 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Train
         }
         let lr = schedule.lr(step);
 
-        // Forward and backward over the micro-batches of one optimizer step.
+        // Forward and backward over the micro-batches of one optimizer step, through the
+        // weights in the compute precision (a fresh view each time: backward consumes its
+        // casts); gradients land on the f32 master weights.
         let mut accum = GradientsAccumulator::<Lm>::new();
         let mut loss_sum = 0.0f64;
         for _ in 0..accum_steps {
             let batch = batcher.make(&sampler.next_batch(cfg.train.micro_batch), &train_device);
-            let loss = model.loss(batch.inputs, batch.targets);
+            let compute = precision::compute_view(&model, cfg.train.dtype);
+            let loss = compute.loss(batch.inputs, batch.targets);
             loss_sum += loss.clone().into_scalar::<f32>() as f64;
             let loss = if accum_steps > 1 {
                 loss.div_scalar(accum_steps as f64)

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use mla_data::{ShardSet, ValWindows};
 use mla_train::checkpoint::Checkpoint;
-use mla_train::config::TrainDType;
 use mla_train::eval::evaluate;
 
 #[derive(clap::Args)]
@@ -40,7 +39,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         "--seq-len must be in 1..={} (the model's max_seq_len)",
         cfg.model.max_seq_len
     );
-    let device = mla_train::device::parse(&args.device)?.device(TrainDType::F32)?;
+    let device = mla_train::device::parse(&args.device)?.device()?;
     let model = ckpt.load_model(&cfg.model, &device)?;
     let shards = ShardSet::open_glob(&args.data, Some(cfg.model.vocab_size))?;
     let windows = ValWindows::new(shards, seq_len)?;

@@ -8,7 +8,6 @@ use anyhow::{Context, bail};
 use burn::tensor::{Int, Tensor, TensorData};
 use mla_model::hf::{self, HfTensor};
 use mla_train::checkpoint::Checkpoint;
-use mla_train::config::TrainDType;
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
@@ -43,7 +42,7 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
     }
     let ckpt = Checkpoint::open(&args.checkpoint)?;
     let cfg = ckpt.config()?;
-    let device = mla_train::device::parse("cpu")?.device(TrainDType::F32)?;
+    let device = mla_train::device::parse("cpu")?.device()?;
     let model = ckpt.load_model(&cfg.model, &device)?;
     let tokenizer = (!cfg.data.tokenizer.is_empty()).then(|| PathBuf::from(&cfg.data.tokenizer));
     let tokenizer = tokenizer.filter(|t| {
@@ -86,7 +85,7 @@ pub fn run_logits(args: LogitsArgs) -> anyhow::Result<()> {
     if let Some(bad) = ids.iter().find(|&&i| i as usize >= cfg.model.vocab_size) {
         bail!("token id {bad} is outside the vocabulary ({})", cfg.model.vocab_size);
     }
-    let device = mla_train::device::parse("cpu")?.device(TrainDType::F32)?;
+    let device = mla_train::device::parse("cpu")?.device()?;
     let model = ckpt.load_model(&cfg.model, &device)?;
     let t = ids.len();
     let input: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
