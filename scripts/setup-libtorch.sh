@@ -384,14 +384,29 @@ fi
 
 # --- The environment to build with. -------------------------------------------------------
 if [[ $variant == cpu ]]; then
+    # Rust links a view of torch/ without the CUDA stubs: burn-tch takes a libtorch_cuda.so for
+    # real CUDA and calls into it at program start, which a stub cannot serve. The view is
+    # include/ and a symlink to every real library of torch/lib, placed next to torch/ so that
+    # the libraries' RPATH ($ORIGIN/../../nvidia/...) still finds the CUDA runtime wheels.
+    rust="$(dirname "$dir")/libtorch-rust"
+    rm -rf "$rust"
+    mkdir -p "$rust/lib"
+    ln -s "$dir/include" "$rust/include"
+    stubbed=$(sed -n 's/^Stubs.*: \(.*\)\.$/\1/p; s/^aborts with a message): \(.*\)\.$/\1/p' "$dir/lib/CUDA_STUBS.txt" 2>/dev/null | tr -d ',' || true)
+    for f in "$dir"/lib/*; do
+        name="${f##*/}"
+        case " $stubbed " in *" $name "*) continue ;; esac
+        ln -s "$f" "$rust/lib/$name"
+    done
+    [[ ! -e "$rust/lib/libtorch_cuda.so" ]] || die "the Rust libtorch view still has libtorch_cuda.so"
     # LIBTORCH pins exactly this directory (LIBTORCH_USE_PYTORCH would ask python instead). The
     # PyPI wheels use the C++11 ABI, torch-sys's default for LIBTORCH_CXX11_ABI.
     write_env \
         "# Written by scripts/setup-libtorch.sh --cpu: slim CPU-only libtorch $TORCH_VERSION from PyPI." \
-        "export LIBTORCH=\"$dir\"" \
-        "export LIBTORCH_LIB=\"$dir\"" \
+        "export LIBTORCH=\"$rust\"" \
+        "export LIBTORCH_LIB=\"$rust\"" \
         "unset LIBTORCH_USE_PYTORCH" \
-        "$(ld_line "$dir/lib")"
+        "$(ld_line "$rust/lib")"
 else
     write_env \
         "# Written by scripts/setup-libtorch.sh: full (CUDA) libtorch $TORCH_VERSION from PyPI." \

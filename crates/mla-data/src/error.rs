@@ -101,6 +101,10 @@ pub enum DataError {
     #[error("cannot restore the sampler: {0}")]
     BadState(String),
 
+    /// Input files changed between the scan and the tokenization of `prepare`.
+    #[error("the corpus changed while it was being prepared: {0}")]
+    CorpusChanged(String),
+
     /// An option out of its range.
     #[error("invalid option: {0}")]
     InvalidOption(String),

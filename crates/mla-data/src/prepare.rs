@@ -197,6 +197,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
             if d.text.is_empty() {
                 return Ok(());
             }
+            if doc_id == n_docs {
+                return Err(DataError::CorpusChanged(format!(
+                    "{} holds more documents than when it was scanned",
+                    f.display()
+                )));
+            }
             batch_bytes += d.text.len();
             batch.push((doc_id, d.text));
             doc_id += 1;
@@ -212,9 +218,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
         p.finish_and_clear();
     }
     if doc_id != n_docs {
-        return Err(DataError::InvalidOption(format!(
-            "the corpus changed while it was being prepared ({n_docs} documents when scanned, \
-             {doc_id} when tokenized)"
+        return Err(DataError::CorpusChanged(format!(
+            "{n_docs} documents when scanned, {doc_id} when tokenized"
         )));
     }
     let (train_docs, train_tokens, train_staged) = train.finish()?;

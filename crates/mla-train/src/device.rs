@@ -20,6 +20,11 @@ pub enum DeviceError {
          then `cargo build --release --features tch --target-dir target-tch` (see README, libtorch)"
     )]
     NotBuilt(String),
+    #[error(
+        "cuda:{index}: libtorch sees {found} CUDA device(s){}",
+        if *.found == 0 { " (a CPU-only libtorch, or no NVIDIA GPU and driver); use device = \"tch-cpu\" or \"cpu\", or the full install of scripts/setup-libtorch.sh" } else { "" }
+    )]
+    NoCuda { index: usize, found: i64 },
 }
 
 pub fn parse(s: &str) -> Result<DeviceSpec, DeviceError> {
@@ -43,7 +48,14 @@ impl DeviceSpec {
             #[cfg(feature = "tch")]
             DeviceSpec::TchCpu => Ok(Device::libtorch()),
             #[cfg(feature = "tch")]
-            DeviceSpec::Cuda(i) => Ok(Device::libtorch_cuda(i)),
+            DeviceSpec::Cuda(i) => {
+                let found = tch::Cuda::device_count();
+                if (i as i64) < found {
+                    Ok(Device::libtorch_cuda(i))
+                } else {
+                    Err(DeviceError::NoCuda { index: i, found })
+                }
+            }
             #[cfg(not(feature = "tch"))]
             _ => Err(DeviceError::NotBuilt(self.to_string())),
         }

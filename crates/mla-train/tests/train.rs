@@ -125,6 +125,7 @@ fn debug_run_end_to_end() {
     let out = run_ok({
         let mut c = mla();
         c.args(["eval", run.to_str().unwrap(), "--data", &data.val, "--batches", "4", "--json"]);
+        c.args(["--device", &common::test_device()]);
         c
     });
     let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -238,6 +239,7 @@ fn finetune_starts_from_the_weights_and_checks_the_architecture() {
     for s in data.sets() {
         c.arg("--set").arg(s);
     }
+    c.arg("--set").arg(format!("train.device={}", common::test_device()));
     for s in ["train.max_steps=3", "optim.lr=1e-4", "schedule.min_lr=1e-5", "schedule.warmup_steps=0"] {
         c.arg("--set").arg(s);
     }
@@ -263,12 +265,18 @@ fn config_errors_are_one_clear_line() {
     let data = data();
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
+    // Without libtorch compiled in, CUDA needs another build; with it, there is no GPU here.
+    let cuda_needle = if common::test_device() == "cpu" {
+        "--features tch"
+    } else {
+        "CUDA device"
+    };
     let cases: &[(&[&str], &str)] = &[
         (&["train.micro_bach=3"], "unknown field `micro_bach`"),
         (&["train.global_batch=6"], "train.global_batch"),
         (&["optim.lr=-1"], "optim.lr"),
         (&["model.vocab_size=10"], "smaller than the tokenizer"),
-        (&["train.device=cuda"], "--features tch"),
+        (&["train.device=cuda:7"], cuda_needle),
         (&["data.train=/nonexistent/*.bin"], "/nonexistent/*.bin"),
     ];
     for (sets, needle) in cases {

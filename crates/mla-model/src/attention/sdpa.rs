@@ -4,7 +4,9 @@
 //! as keys, a cached decode step has its new tokens after `t_k - t_q` cached ones. The causal
 //! mask is therefore aligned bottom-right. burn's `is_causal` flag is only used when
 //! `t_q == t_k`: flex aligns it bottom-right but libtorch's SDPA top-left, so for
-//! `t_q < t_k` we build the mask ourselves and both backends agree.
+//! `t_q < t_k` we build the mask ourselves. It is passed as an additive bias (0 or -inf), not
+//! as a boolean mask: burn-tch hands a boolean mask to torch, where `true` means "attend", the
+//! opposite of burn's "masked", while a bias means the same on every backend.
 
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -29,8 +31,8 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) ->
         // A single new token may see every cached one.
         attention(q, k, v, None, None, options(false))
     } else {
-        let mask = future_mask(t_q, t_k, 1, &q.device()).expand([b, h, t_q, t_k]);
-        attention(q, k, v, Some(mask), None, options(false))
+        let bias = future_bias(t_q, t_k, 1, &q).expand([b, h, t_q, t_k]);
+        attention(q, k, v, None, Some(bias), options(false))
     }
 }
 
@@ -55,20 +57,27 @@ pub fn causal_attention_folded(
         softcap: None,
         is_causal: false,
     };
-    let mask = if t_q == 1 {
+    let bias = if t_q == 1 {
         None
     } else {
         let groups = rows / t_q;
-        Some(future_mask(t_q, t_k, groups, &q.device()).expand([b, 1, rows, t_k]))
+        Some(future_bias(t_q, t_k, groups, &q).expand([b, 1, rows, t_k]))
     };
-    attention(q, k, v, mask, None, options)
+    attention(q, k, v, None, bias, options)
 }
 
-/// `true` where key position > query position, for `groups` stacked copies of `t_q` queries
-/// at positions `t_k - t_q ..t_k`.
+/// `-inf` where key position > query position (0 elsewhere), for `groups` stacked copies of
+/// `t_q` queries at positions `t_k - t_q ..t_k`, in the dtype of `like`.
 ///
 /// # Shapes
 /// - returns `[1, 1, groups * t_q, t_k]`
+fn future_bias(t_q: usize, t_k: usize, groups: usize, like: &Tensor<4>) -> Tensor<4> {
+    let device = &like.device();
+    let zeros = Tensor::<4>::zeros([1, 1, groups * t_q, t_k], device).cast(like.dtype());
+    zeros.mask_fill(future_mask(t_q, t_k, groups, device), f32::NEG_INFINITY)
+}
+
+/// `true` where key position > query position (same layout as [`future_bias`]).
 fn future_mask(
     t_q: usize,
     t_k: usize,

@@ -4,8 +4,17 @@
 use burn::tensor::Device;
 use mla_model::{ModelConfig, ModelSection};
 
+/// The device the suite runs on: burn's flex CPU backend, or libtorch's CPU device when
+/// `MLA_TEST_DEVICE=tch-cpu` (a build with `--features tch`; scripts/test.sh does this).
 pub fn device() -> Device {
-    Device::flex()
+    match std::env::var("MLA_TEST_DEVICE").as_deref() {
+        Err(_) | Ok("" | "cpu") => Device::flex(),
+        #[cfg(feature = "tch")]
+        Ok("tch-cpu") => Device::libtorch(),
+        Ok(other) => panic!(
+            "MLA_TEST_DEVICE={other} is not available in this build (cpu, or tch-cpu with --features tch)"
+        ),
+    }
 }
 
 /// Keys every small test model shares.

@@ -1,8 +1,222 @@
-//! `mla bench` (being written).
+//! `mla bench`: benchmarks. `mla bench decode` measures the KV cache held and decode speed of
+//! each attention type against the context length (see `mla_train::bench`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use mla_model::{ModelConfig, ModelSection};
+use mla_train::bench::{
+    self, ArmKind, DecodeOptions, PlotText, arms_from_checkpoint, arms_from_config,
+};
+use mla_train::checkpoint::Checkpoint;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("mla bench is not built yet")
+#[derive(clap::Subcommand)]
+enum BenchCommand {
+    /// KV-cache bytes held, prefill time and decode tokens/s of MLA (latent and naive cache),
+    /// MHA, GQA and MQA at matched size, against the context length.
+    Decode(DecodeArgs),
+}
+
+#[derive(clap::Args)]
+struct DecodeArgs {
+    /// A config with a [model] section (arms derived at matched size), or a checkpoint / run
+    /// directory (only its model: MLA with both caches).
+    source: Option<PathBuf>,
+    /// Derive the arms from a named preset instead (see `mla inspect --list-presets`).
+    #[arg(long, conflicts_with = "source")]
+    preset: Option<String>,
+    /// Context lengths (prefilled tokens), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,2048,4096")]
+    context: Vec<usize>,
+    /// Single-token decode steps timed after each prefill.
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
+    /// Decode runs per context from the same prefilled cache; the fastest is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Arms to run (config only), comma-separated: mla, mla-naive, mha, gqa, mqa.
+    #[arg(long, value_delimiter = ',')]
+    arms: Option<Vec<String>>,
+    /// Override a key of the config or preset, e.g. --set model.n_layers=6 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
+    /// Vocabulary size when the config has none and its tokenizer is not at hand.
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    /// Output directory for decode.json, decode.md, decode.png and decode.svg.
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Seed of the random weights and tokens.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, tch-cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        BenchCommand::Decode(a) => decode(a),
+    }
+}
+
+/// The model of a config file (or of `preset = NAME` when `path` is `None`), after `--set`
+/// overrides, with the vocabulary from `--vocab-size` or the `[data] tokenizer` when the
+/// `[model]` section gives none. Other sections are not needed (nor checked) here.
+fn model_config(
+    path: Option<&Path>,
+    preset: Option<&str>,
+    overrides: &[String],
+    vocab_size: Option<usize>,
+) -> anyhow::Result<ModelConfig> {
+    let mut table = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            text.parse::<toml::Table>()
+                .with_context(|| format!("{}", path.display()))?
+        }
+        None => {
+            let mut t = toml::Table::new();
+            t.insert(
+                "model".into(),
+                toml::Value::Table(toml::Table::from_iter([(
+                    "preset".to_string(),
+                    toml::Value::String(preset.unwrap_or_default().to_string()),
+                )])),
+            );
+            t
+        }
+    };
+    for o in overrides {
+        mla_train::config::apply_override(&mut table, o)?;
+    }
+    let model = table
+        .get("model")
+        .cloned()
+        .context("the config has no [model] section")?;
+    let section: ModelSection = serde_path_to_error::deserialize(model)
+        .map_err(|e| anyhow::anyhow!("model.{}: {}", e.path(), e.inner()))?;
+    with_vocab(section, vocab_size, || {
+        table
+            .get("data")
+            .and_then(|d| d.get("tokenizer"))
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
+fn with_vocab(
+    mut section: ModelSection,
+    vocab_size: Option<usize>,
+    tokenizer: impl FnOnce() -> Option<PathBuf>,
+) -> anyhow::Result<ModelConfig> {
+    if let Some(v) = vocab_size {
+        section.vocab_size = Some(v);
+    } else if section.with_preset()?.vocab_size.is_none() {
+        let path = tokenizer().context(
+            "the config gives no vocab_size and names no tokenizer; pass --vocab-size N",
+        )?;
+        let tok = mla_data::Tokenizer::from_file(&path).with_context(|| {
+            format!(
+                "the config takes its vocabulary from {}; pass --vocab-size N if that file is not \
+                 here",
+                path.display()
+            )
+        })?;
+        section.vocab_size = Some(tok.vocab_size());
+    }
+    Ok(section.resolve()?)
+}
+
+/// The source named in the report: the config or preset and the overrides given.
+fn described(source: &str, overrides: &[String]) -> String {
+    let mut s = source.to_string();
+    for o in overrides {
+        s.push_str(&format!(" {}", o.trim_start_matches("model.")));
+    }
+    s
+}
+
+fn decode(args: DecodeArgs) -> anyhow::Result<()> {
+    let kinds = match &args.arms {
+        None => ArmKind::ALL.to_vec(),
+        Some(names) => names
+            .iter()
+            .map(|n| ArmKind::parse(n.trim()))
+            .collect::<Result<_, _>>()?,
+    };
+    let longest = args.context.iter().copied().max().unwrap_or(0) + args.decode_tokens;
+    let (source, arms, dtype) = match (&args.source, &args.preset) {
+        (Some(p), _) if p.is_dir() => {
+            anyhow::ensure!(
+                args.arms.is_none() && args.set.is_empty(),
+                "--arms and --set apply to a config; a checkpoint is benchmarked as it is"
+            );
+            let ckpt = Checkpoint::open(p)?;
+            let cfg = ckpt.config().context("reading the checkpoint's config")?;
+            let arms = arms_from_checkpoint(&ckpt, &cfg.model);
+            (ckpt.dir.display().to_string(), arms, cfg.model.dtype)
+        }
+        (Some(p), _) => {
+            let base = model_config(Some(p), None, &args.set, args.vocab_size)
+                .with_context(|| format!("reading the model of {}", p.display()))?;
+            let arms = arms_from_config(&base, &kinds, longest, args.seed)?;
+            (
+                described(&p.display().to_string(), &args.set),
+                arms,
+                base.dtype,
+            )
+        }
+        (None, Some(name)) => {
+            let base = model_config(None, Some(name), &args.set, args.vocab_size)?;
+            let arms = arms_from_config(&base, &kinds, longest, args.seed)?;
+            (described(name, &args.set), arms, base.dtype)
+        }
+        (None, None) => {
+            anyhow::bail!("give a config file, a checkpoint directory, or --preset NAME")
+        }
+    };
+    let device = mla_train::device::parse(&args.device)?.device()?;
+    let device_name = format!("{} {}", args.device, dtype.as_str());
+    for arm in &arms {
+        eprintln!(
+            "{:<10} {} | {:.2}M parameters | {} cache bytes per token",
+            arm.name,
+            arm.config.kind(),
+            mla_model::accounting::param_counts(&arm.config).total as f64 / 1e6,
+            mla_model::accounting::kv_cache(&arm.config, arm.mode).bytes_per_token
+        );
+    }
+    let opts = DecodeOptions {
+        contexts: args.context.clone(),
+        decode_tokens: args.decode_tokens,
+        repeats: args.repeat,
+        batch: args.batch,
+        seed: args.seed,
+    };
+    let report = bench::run_decode(&source, &arms, &opts, &device, &device_name, |line| {
+        eprintln!("{line}")
+    })?;
+    report.write(&args.out, PlotText::Auto)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    eprintln!("wrote {}/decode.{{json,md,png,svg}}", args.out.display());
+    Ok(())
 }

@@ -93,11 +93,23 @@ pub fn data() -> Data {
     }
 }
 
-/// `mla train configs/debug.toml --run-dir RUN --set ...` with the data overrides.
+/// The device the CLI tests train on: `cpu` (flex), or what `MLA_TEST_DEVICE` names
+/// (`tch-cpu` in a `--features tch` build; scripts/test.sh does this).
+pub fn test_device() -> String {
+    std::env::var("MLA_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())
+}
+
+/// `mla train configs/debug.toml --run-dir RUN --set ...` with the data overrides, on the test
+/// device.
 pub fn train_cmd(data: &Data, run_dir: &Path, extra: &[&str]) -> Command {
     let mut c = mla();
     c.arg("train").arg(debug_config()).arg("--run-dir").arg(run_dir);
-    for s in data.sets().iter().map(String::as_str).chain(extra.iter().copied()) {
+    let device = format!("train.device={}", test_device());
+    let sets = data.sets();
+    for s in std::iter::once(device.as_str())
+        .chain(sets.iter().map(String::as_str))
+        .chain(extra.iter().copied())
+    {
         c.arg("--set").arg(s);
     }
     c

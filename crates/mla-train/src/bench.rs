@@ -1,0 +1,1155 @@
+//! The decode benchmark behind `mla bench decode`: for each attention type, the KV cache a
+//! model actually holds and how fast it decodes, against the context length.
+//!
+//! Arms are derived from one model config at matched size (same d_model, layers, heads,
+//! d_ff, vocabulary; see [`arms_from_config`]) or are one checkpoint's model. For every arm and
+//! context the benchmark prefills `context` random tokens with one cached forward pass (timed),
+//! checks the bytes the cache tensors hold against [`accounting::kv_cache`] (they must be equal:
+//! a mismatch is an error), then decodes `decode_tokens` greedy tokens one at a time from that
+//! cache, `repeats` times, and reports the fastest run (other load on a shared machine only
+//! slows runs down). The runs go round-robin over the arms, so that a slow spell hits every
+//! arm alike. Weights are random but seeded: timing does not depend on their values.
+//!
+//! Outputs: a text table, `decode.json`, `decode.md` (the table for a README), and `decode.png`
+//! / `decode.svg` (decode tokens/s and cache MB against context, one colour per arm).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use mla_model::accounting::{self, CacheMode};
+use mla_model::{AttentionConfig, AttentionKind, DType, Lm, ModelConfig, ModelSection};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::TrainDType;
+use crate::generate::argmax;
+
+pub const DEFAULT_CONTEXTS: [usize; 4] = [512, 1024, 2048, 4096];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "{arm}: the cache holds {held} bytes ({elements} elements, {cached} tokens) after \
+         {tokens} tokens x batch {batch}, but the accounting says {expected} ({per_token} bytes \
+         per token at {dtype}); the cache or mla_model::accounting::kv_cache is wrong"
+    )]
+    CacheMismatch {
+        arm: String,
+        tokens: usize,
+        cached: usize,
+        batch: usize,
+        held: usize,
+        elements: usize,
+        expected: usize,
+        per_token: usize,
+        dtype: &'static str,
+    },
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error("writing {path}: {message}")]
+    Write { path: PathBuf, message: String },
+}
+
+/// The benchmark's arms: MLA with its latent (absorbed) cache, the same MLA model with the
+/// decompressed (naive) cache, and the MHA / GQA / MQA baselines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArmKind {
+    Mla,
+    MlaNaive,
+    Mha,
+    Gqa,
+    Mqa,
+}
+
+impl ArmKind {
+    pub const ALL: [ArmKind; 5] = [Self::Mla, Self::MlaNaive, Self::Mha, Self::Gqa, Self::Mqa];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mla => "mla",
+            Self::MlaNaive => "mla-naive",
+            Self::Mha => "mha",
+            Self::Gqa => "gqa",
+            Self::Mqa => "mqa",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, BenchError> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                BenchError::Invalid(format!(
+                    "unknown arm {s:?}; use any of mla, mla-naive, mha, gqa, mqa"
+                ))
+            })
+    }
+
+    pub fn mode(self) -> CacheMode {
+        match self {
+            Self::MlaNaive => CacheMode::Naive,
+            _ => CacheMode::Latent,
+        }
+    }
+
+    fn attention(self) -> AttentionKind {
+        match self {
+            Self::Mla | Self::MlaNaive => AttentionKind::Mla,
+            Self::Mha => AttentionKind::Mha,
+            Self::Gqa => AttentionKind::Gqa,
+            Self::Mqa => AttentionKind::Mqa,
+        }
+    }
+}
+
+/// Where an arm's weights come from.
+#[derive(Clone, Debug)]
+pub enum ArmWeights {
+    /// Random, from `Lm::new` on a device seeded with this.
+    Random {
+        seed: u64,
+    },
+    Checkpoint(Checkpoint),
+}
+
+/// One model and cache mode to benchmark.
+#[derive(Clone, Debug)]
+pub struct Arm {
+    pub name: String,
+    pub config: ModelConfig,
+    pub mode: CacheMode,
+    pub weights: ArmWeights,
+}
+
+/// GQA's key/value heads at matched size: `n_heads / 4`, at least 1, lowered until it divides
+/// `n_heads`.
+pub fn gqa_kv_heads(n_heads: usize) -> usize {
+    let mut k = (n_heads / 4).max(1);
+    while !n_heads.is_multiple_of(k) {
+        k -= 1;
+    }
+    k
+}
+
+/// One arm per kind, all with `base`'s d_model, layers, heads, d_ff, vocabulary and dtype, and
+/// `max_seq_len` positions. MLA keeps `base`'s latent dims when `base` is MLA, else takes the
+/// paper's defaults (`kv_lora_rank = 4 d_h`, `qk_rope_head_dim = d_h / 2`, no query
+/// compression); MHA has `head_dim = d_model / n_heads`; GQA [`gqa_kv_heads`] K/V heads.
+pub fn arms_from_config(
+    base: &ModelConfig,
+    kinds: &[ArmKind],
+    max_seq_len: usize,
+    seed: u64,
+) -> Result<Vec<Arm>, BenchError> {
+    kinds
+        .iter()
+        .map(|&kind| {
+            let mut s = base.to_section();
+            let latent = match base.attention {
+                AttentionConfig::Latent(_) => Some(s.clone()),
+                AttentionConfig::Standard(_) => None,
+            };
+            s = ModelSection {
+                attention: Some(kind.attention()),
+                max_seq_len: Some(max_seq_len),
+                n_kv_heads: None,
+                head_dim: None,
+                q_lora_rank: None,
+                kv_lora_rank: None,
+                qk_nope_head_dim: None,
+                qk_rope_head_dim: None,
+                v_head_dim: None,
+                ..s
+            };
+            match kind {
+                ArmKind::Mla | ArmKind::MlaNaive => {
+                    if let Some(l) = latent {
+                        s.q_lora_rank = l.q_lora_rank;
+                        s.kv_lora_rank = l.kv_lora_rank;
+                        s.qk_nope_head_dim = l.qk_nope_head_dim;
+                        s.qk_rope_head_dim = l.qk_rope_head_dim;
+                        s.v_head_dim = l.v_head_dim;
+                    }
+                }
+                ArmKind::Gqa => s.n_kv_heads = Some(gqa_kv_heads(base.n_heads)),
+                ArmKind::Mha | ArmKind::Mqa => {}
+            }
+            let config = s
+                .resolve()
+                .map_err(|e| BenchError::Invalid(format!("arm {}: {e}", kind.as_str())))?;
+            Ok(Arm {
+                name: kind.as_str().to_string(),
+                config,
+                mode: kind.mode(),
+                weights: ArmWeights::Random { seed },
+            })
+        })
+        .collect()
+}
+
+/// The arms of one checkpoint: an MLA model with both caches, any other with its K/V cache.
+pub fn arms_from_checkpoint(ckpt: &Checkpoint, config: &ModelConfig) -> Vec<Arm> {
+    let arm = |kind: ArmKind| Arm {
+        name: kind.as_str().to_string(),
+        config: config.clone(),
+        mode: kind.mode(),
+        weights: ArmWeights::Checkpoint(ckpt.clone()),
+    };
+    match config.kind() {
+        AttentionKind::Mla => vec![arm(ArmKind::Mla), arm(ArmKind::MlaNaive)],
+        AttentionKind::Mha => vec![arm(ArmKind::Mha)],
+        AttentionKind::Gqa => vec![arm(ArmKind::Gqa)],
+        AttentionKind::Mqa => vec![arm(ArmKind::Mqa)],
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DecodeOptions {
+    pub contexts: Vec<usize>,
+    /// Single-token steps timed after each prefill.
+    pub decode_tokens: usize,
+    /// Decode runs from the same prefilled cache; the fastest counts.
+    pub repeats: usize,
+    pub batch: usize,
+    /// Seeds the random prompt tokens.
+    pub seed: u64,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self {
+            contexts: DEFAULT_CONTEXTS.to_vec(),
+            decode_tokens: 32,
+            repeats: 3,
+            batch: 1,
+            seed: 0,
+        }
+    }
+}
+
+/// One arm at one context length.
+#[derive(Clone, Debug, Serialize)]
+pub struct Point {
+    pub context: usize,
+    /// Bytes the cache tensors hold after the prefill (equal to the accounting's).
+    pub cache_bytes: usize,
+    pub cache_mb: f64,
+    pub prefill_ms: f64,
+    /// Time of the fastest of the decode runs.
+    pub decode_ms: f64,
+    /// `decode_tokens * batch / decode_ms` (the fastest run).
+    pub decode_tokens_per_s: f64,
+    /// Median time of one decode step over all runs.
+    pub decode_step_ms_median: f64,
+    /// `decode_tokens * batch` per second of CPU time of this process (all threads; the
+    /// least over the runs). Other load on the machine disturbs it much less than wall time.
+    /// Linux only.
+    pub decode_tokens_per_cpu_s: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ArmReport {
+    pub name: String,
+    pub attention: String,
+    pub cache_mode: CacheMode,
+    /// Precision of weights and cache (`[model] dtype`).
+    pub dtype: String,
+    pub params: usize,
+    /// All layers, at the model dtype (from the accounting, checked against the tensors).
+    pub cache_bytes_per_token: usize,
+    pub points: Vec<Point>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DecodeReport {
+    /// What was benchmarked (config path, preset or checkpoint).
+    pub source: String,
+    pub device: String,
+    pub batch: usize,
+    pub decode_tokens: usize,
+    /// Decode runs per point (the fastest is reported).
+    pub repeats: usize,
+    pub contexts: Vec<usize>,
+    pub arms: Vec<ArmReport>,
+}
+
+fn random_tokens(rng: &mut ChaCha8Rng, batch: usize, t: usize, vocab: usize) -> Vec<i64> {
+    (0..batch * t)
+        .map(|_| rng.random_range(0..vocab as i64))
+        .collect()
+}
+
+fn int_tensor(ids: Vec<i64>, batch: usize, device: &Device) -> Tensor<2, Int> {
+    let t = ids.len() / batch;
+    Tensor::from_data(TensorData::new(ids, [batch, t]), device)
+}
+
+/// Greedy next token of each row from the last position's logits, read back to the host
+/// (which also waits for the computation to finish).
+fn next_tokens(logits: Tensor<3>) -> Vec<i64> {
+    let [b, t, v] = logits.dims();
+    let last = logits
+        .slice_dim(1, t - 1..t)
+        .reshape([b * v])
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 logits");
+    last.chunks(v).map(|row| i64::from(argmax(row))).collect()
+}
+
+/// CPU time of this process so far, all threads, in seconds (Linux: the sum of
+/// `/proc/self/task/*/schedstat`, nanosecond resolution). `None` elsewhere.
+fn process_cpu_s() -> Option<f64> {
+    let mut ns: u64 = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 / 1e9)
+}
+
+fn check_cache(
+    arm: &Arm,
+    cache: &mla_model::KvCache,
+    tokens: usize,
+    batch: usize,
+) -> Result<(), BenchError> {
+    let per_token = accounting::kv_cache(&arm.config, arm.mode).bytes_per_token;
+    let expected = per_token * tokens * batch;
+    let held = cache.bytes_held();
+    if held != expected || cache.len() != tokens {
+        return Err(BenchError::CacheMismatch {
+            arm: arm.name.clone(),
+            tokens,
+            cached: cache.len(),
+            batch,
+            held,
+            elements: cache.elements_held(),
+            expected,
+            per_token,
+            dtype: arm.config.dtype.as_str(),
+        });
+    }
+    Ok(())
+}
+
+fn same_weights(a: &Arm, b: &Arm) -> bool {
+    a.config == b.config
+        && match (&a.weights, &b.weights) {
+            (ArmWeights::Random { seed: x }, ArmWeights::Random { seed: y }) => x == y,
+            (ArmWeights::Checkpoint(x), ArmWeights::Checkpoint(y)) => x.dir == y.dir,
+            _ => false,
+        }
+}
+
+/// Decode runs of one arm at one context.
+#[derive(Clone, Debug)]
+struct Timing {
+    /// Fastest run, seconds.
+    wall: f64,
+    /// Least CPU time of a run, seconds.
+    cpu: Option<f64>,
+    /// Every step of every run, seconds.
+    steps: Vec<f64>,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            wall: f64::INFINITY,
+            cpu: None,
+            steps: Vec::new(),
+        }
+    }
+}
+
+impl Timing {
+    fn add_run(&mut self, wall: f64, cpu: Option<f64>) {
+        self.wall = self.wall.min(wall);
+        if let Some(c) = cpu {
+            self.cpu = Some(self.cpu.map_or(c, |x| x.min(c)));
+        }
+    }
+}
+
+/// Run the benchmark. All arms' models are held at once; for each context every arm is
+/// prefilled, then the decode runs go round-robin over the arms. `progress` gets one line per
+/// measurement (for stderr).
+pub fn run_decode(
+    source: &str,
+    arms: &[Arm],
+    opts: &DecodeOptions,
+    device: &Device,
+    device_name: &str,
+    mut progress: impl FnMut(&str),
+) -> Result<DecodeReport, BenchError> {
+    if opts.contexts.is_empty() || opts.contexts.contains(&0) {
+        return Err(BenchError::Invalid(
+            "--context needs one or more positive lengths".into(),
+        ));
+    }
+    if opts.batch == 0 || opts.decode_tokens == 0 {
+        return Err(BenchError::Invalid(
+            "--batch and --decode-tokens must be positive".into(),
+        ));
+    }
+    let mut contexts = opts.contexts.clone();
+    contexts.sort_unstable();
+    contexts.dedup();
+    let longest = contexts[contexts.len() - 1] + opts.decode_tokens;
+    for arm in arms {
+        if longest > arm.config.max_seq_len {
+            return Err(BenchError::Invalid(format!(
+                "{}: context {} + {} decode tokens = {longest} is more than the model's \
+                 max_seq_len {}; lower --context or --decode-tokens",
+                arm.name,
+                contexts[contexts.len() - 1],
+                opts.decode_tokens,
+                arm.config.max_seq_len
+            )));
+        }
+    }
+
+    // Every arm's model at once, so that each context's decode runs can go round-robin
+    // over the arms: a slow spell caused by other load on the machine then hits every arm
+    // alike instead of the one that happened to be running.
+    let mut models = Vec::with_capacity(arms.len());
+    for (i, arm) in arms.iter().enumerate() {
+        // MLA latent and naive arms share one model.
+        if let Some(j) = arms[..i].iter().position(|a| same_weights(a, arm)) {
+            let model: &Lm = &models[j];
+            models.push(model.clone());
+            continue;
+        }
+        let model = match &arm.weights {
+            ArmWeights::Random { seed } => {
+                device.seed(*seed);
+                Lm::new(&arm.config, device)
+            }
+            ArmWeights::Checkpoint(c) => c.load_model(&arm.config, device)?,
+        };
+        // `[model] dtype` is the inference precision of weights and cache (and what the
+        // accounting counts): bf16 runs through a bf16 copy of the weights.
+        let model = match arm.config.dtype {
+            DType::F32 => model,
+            DType::Bf16 => crate::precision::compute_view(&model, TrainDType::Bf16),
+        };
+        // Warm-up: first-use allocations and the absorbed weights' first computation.
+        let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+        let mut cache = model.new_cache(arm.mode);
+        let ids = random_tokens(
+            &mut rng,
+            opts.batch,
+            8.min(contexts[0]),
+            arm.config.vocab_size,
+        );
+        let next =
+            next_tokens(model.forward_cached(int_tensor(ids, opts.batch, device), &mut cache));
+        next_tokens(model.forward_cached(int_tensor(next, opts.batch, device), &mut cache));
+        models.push(model);
+    }
+
+    let mut points: Vec<Vec<Point>> = vec![Vec::new(); arms.len()];
+    for &context in &contexts {
+        // Prefill every arm (the same tokens where the vocabularies agree).
+        let mut prefilled = Vec::with_capacity(arms.len());
+        for (arm, model) in arms.iter().zip(&models) {
+            let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ context as u64);
+            let ids = random_tokens(&mut rng, opts.batch, context, arm.config.vocab_size);
+            let tokens = int_tensor(ids, opts.batch, device);
+            let mut cache = model.new_cache(arm.mode);
+            let started = Instant::now();
+            let next = next_tokens(model.forward_cached(tokens, &mut cache));
+            let prefill = started.elapsed().as_secs_f64();
+            check_cache(arm, &cache, context, opts.batch)?;
+            prefilled.push((cache, next, prefill));
+        }
+        // Decode `repeats` rounds over the arms, each run from a copy of the prefilled cache,
+        // and keep each arm's fastest run: other load only ever slows a run down.
+        let mut timing = vec![Timing::default(); arms.len()];
+        for _ in 0..opts.repeats.max(1) {
+            for (i, (arm, model)) in arms.iter().zip(&models).enumerate() {
+                let (cache, first, _) = &prefilled[i];
+                let mut cache = cache.clone();
+                let mut next = first.clone();
+                let started = Instant::now();
+                let cpu_started = process_cpu_s();
+                for _ in 0..opts.decode_tokens {
+                    let step_started = Instant::now();
+                    let step = int_tensor(next, opts.batch, device);
+                    next = next_tokens(model.forward_cached(step, &mut cache));
+                    timing[i].steps.push(step_started.elapsed().as_secs_f64());
+                }
+                let wall = started.elapsed().as_secs_f64();
+                let cpu = cpu_started.zip(process_cpu_s()).map(|(a, b)| b - a);
+                timing[i].add_run(wall, cpu);
+                check_cache(arm, &cache, context + opts.decode_tokens, opts.batch)?;
+            }
+        }
+        for (i, arm) in arms.iter().enumerate() {
+            let (cache, _, prefill) = &prefilled[i];
+            let t = &mut timing[i];
+            t.steps.sort_by(f64::total_cmp);
+            let tokens = (opts.decode_tokens * opts.batch) as f64;
+            let point = Point {
+                context,
+                cache_bytes: cache.bytes_held(),
+                cache_mb: cache.bytes_held() as f64 / 1e6,
+                prefill_ms: prefill * 1e3,
+                decode_ms: t.wall * 1e3,
+                decode_tokens_per_s: tokens / t.wall,
+                decode_step_ms_median: t.steps[t.steps.len() / 2] * 1e3,
+                decode_tokens_per_cpu_s: t.cpu.filter(|&c| c > 0.0).map(|c| tokens / c),
+            };
+            progress(&format!(
+                "{:<10} context {:>6}: cache {:>9.3} MB, prefill {:>9.1} ms, decode {:>8.1} tok/s",
+                arm.name, context, point.cache_mb, point.prefill_ms, point.decode_tokens_per_s
+            ));
+            points[i].push(point);
+        }
+    }
+    let reports = arms
+        .iter()
+        .zip(points)
+        .map(|(arm, points)| ArmReport {
+            name: arm.name.clone(),
+            attention: arm.config.kind().to_string(),
+            cache_mode: arm.mode,
+            dtype: arm.config.dtype.as_str().to_string(),
+            params: accounting::param_counts(&arm.config).total,
+            cache_bytes_per_token: accounting::kv_cache(&arm.config, arm.mode).bytes_per_token,
+            points,
+        })
+        .collect();
+    Ok(DecodeReport {
+        source: source.to_string(),
+        device: device_name.to_string(),
+        batch: opts.batch,
+        decode_tokens: opts.decode_tokens,
+        repeats: opts.repeats.max(1),
+        contexts,
+        arms: reports,
+    })
+}
+
+fn human(n: usize) -> String {
+    let n = n as f64;
+    match n {
+        n if n >= 1e9 => format!("{:.2}G", n / 1e9),
+        n if n >= 1e6 => format!("{:.2}M", n / 1e6),
+        n if n >= 1e3 => format!("{:.1}K", n / 1e3),
+        n => format!("{n:.0}"),
+    }
+}
+
+fn fmt_mb(mb: f64) -> String {
+    if mb >= 100.0 {
+        format!("{mb:.0}")
+    } else if mb >= 1.0 {
+        format!("{mb:.1}")
+    } else {
+        format!("{mb:.3}")
+    }
+}
+
+impl DecodeReport {
+    /// Header cells and one row of cells per arm.
+    fn cells(&self) -> (Vec<String>, Vec<Vec<String>>) {
+        let mut head = vec!["arm".into(), "params".into(), "cache B/token".into()];
+        for c in &self.contexts {
+            head.push(format!("MB @{c}"));
+            head.push(format!("prefill ms @{c}"));
+            head.push(format!("tok/s @{c}"));
+        }
+        let rows = self
+            .arms
+            .iter()
+            .map(|a| {
+                let mut row = vec![
+                    a.name.clone(),
+                    human(a.params),
+                    a.cache_bytes_per_token.to_string(),
+                ];
+                for p in &a.points {
+                    row.push(fmt_mb(p.cache_mb));
+                    row.push(if p.prefill_ms < 100.0 {
+                        format!("{:.1}", p.prefill_ms)
+                    } else {
+                        format!("{:.0}", p.prefill_ms)
+                    });
+                    row.push(format!("{:.1}", p.decode_tokens_per_s));
+                }
+                row
+            })
+            .collect();
+        (head, rows)
+    }
+
+    /// A plain-text table for the terminal.
+    pub fn table(&self) -> String {
+        let (head, rows) = self.cells();
+        let widths: Vec<usize> = (0..head.len())
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].len())
+                    .chain([head[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: &[String]| {
+            cells
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (c, w))| {
+                    if i == 0 {
+                        format!("{c:<w$}")
+                    } else {
+                        format!("{c:>w$}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("  ")
+        };
+        let mut out = format!(
+            "decode benchmark: {} | device {} | batch {} | {} decode tokens after a prefill of \
+             `context` tokens, fastest of {} runs\n",
+            self.source, self.device, self.batch, self.decode_tokens, self.repeats
+        );
+        out.push_str(&line(&head));
+        out.push('\n');
+        for r in &rows {
+            out.push_str(&line(r));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The table in Markdown.
+    pub fn markdown(&self) -> String {
+        let (head, rows) = self.cells();
+        let mut out = format!("| {} |\n", head.join(" | "));
+        out.push_str(&format!(
+            "|{}\n",
+            (0..head.len())
+                .map(|i| if i == 0 { "---|" } else { "---:|" })
+                .collect::<String>()
+        ));
+        for r in rows {
+            out.push_str(&format!("| {} |\n", r.join(" | ")));
+        }
+        out
+    }
+
+    /// Write `decode.json`, `decode.md`, `decode.png` and `decode.svg` into `dir`.
+    pub fn write(&self, dir: &Path, text: PlotText) -> Result<(), BenchError> {
+        let werr = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: std::io::Error| BenchError::Write {
+                path,
+                message: e.to_string(),
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(werr(dir))?;
+        let json = dir.join("decode.json");
+        let text_json = serde_json::to_string_pretty(self).expect("report serialises");
+        std::fs::write(&json, text_json + "\n").map_err(werr(&json))?;
+        let md = dir.join("decode.md");
+        std::fs::write(&md, self.markdown()).map_err(werr(&md))?;
+        plot::decode_plots(self, &dir.join("decode.png"), &dir.join("decode.svg"), text)
+    }
+}
+
+/// How the plot draws its text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlotText {
+    /// The system's sans-serif font when fontconfig finds one, else [`PlotText::Builtin`]
+    /// for the PNG.
+    Auto,
+    /// The system's sans-serif font (through plotters' `ttf` feature, i.e. fontconfig).
+    System,
+    /// A 5x7 bitmap font compiled into this file: no font files needed.
+    Builtin,
+}
+
+/// The figure: two panels sharing a log2 context axis.
+pub mod plot {
+    use std::path::Path;
+
+    use plotters::coord::Shift;
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+    use super::{BenchError, DecodeReport, PlotText};
+
+    const WIDTH: u32 = 1400;
+    const HEIGHT: u32 = 580;
+
+    /// Whether fontconfig finds a sans-serif font that plotters can rasterise.
+    pub fn system_font_available() -> bool {
+        ("sans-serif", 14).into_font().box_size("0").is_ok()
+    }
+
+    /// Write the figure as PNG and SVG. The SVG always uses `<text>` elements (no font is
+    /// needed to write them); the PNG uses the system font or the built-in bitmap font.
+    pub fn decode_plots(
+        report: &DecodeReport,
+        png: &Path,
+        svg: &Path,
+        text: PlotText,
+    ) -> Result<(), BenchError> {
+        let png_glyphs = match text {
+            PlotText::System => Glyphs::System,
+            PlotText::Builtin => Glyphs::Builtin,
+            PlotText::Auto if system_font_available() => Glyphs::System,
+            PlotText::Auto => Glyphs::Builtin,
+        };
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |message: String| BenchError::Write { path, message }
+        };
+        {
+            let root = BitMapBackend::new(png, (WIDTH, HEIGHT)).into_drawing_area();
+            draw(&root, report, png_glyphs).map_err(err(png))?;
+            root.present().map_err(|e| err(png)(format!("{e:?}")))?;
+        }
+        {
+            let root = SVGBackend::new(svg, (WIDTH, HEIGHT)).into_drawing_area();
+            draw(&root, report, Glyphs::System).map_err(err(svg))?;
+            root.present().map_err(|e| err(svg)(format!("{e:?}")))?;
+        }
+        Ok(())
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Glyphs {
+        System,
+        Builtin,
+    }
+
+    type Area<DB> = DrawingArea<DB, Shift>;
+
+    /// One arm's line: `(log2 context, value)` points.
+    struct Series {
+        name: String,
+        colour: RGBColor,
+        points: Vec<(f64, f64)>,
+    }
+
+    fn e<E: std::fmt::Debug>(e: E) -> String {
+        format!("{e:?}")
+    }
+
+    /// One colour per arm, fixed by name so figures are comparable.
+    fn colour(name: &str, i: usize) -> RGBColor {
+        match name {
+            "mla" => RGBColor(31, 119, 180),
+            "mla-naive" => RGBColor(148, 103, 189),
+            "mha" => RGBColor(214, 39, 40),
+            "gqa" => RGBColor(255, 127, 14),
+            "mqa" => RGBColor(44, 160, 44),
+            _ => {
+                const OTHER: [RGBColor; 4] = [
+                    RGBColor(140, 86, 75),
+                    RGBColor(227, 119, 194),
+                    RGBColor(127, 127, 127),
+                    RGBColor(23, 190, 207),
+                ];
+                OTHER[i % OTHER.len()]
+            }
+        }
+    }
+
+    fn draw<DB: DrawingBackend>(
+        root: &Area<DB>,
+        report: &DecodeReport,
+        glyphs: Glyphs,
+    ) -> Result<(), String> {
+        root.fill(&WHITE).map_err(e)?;
+        let (top, body) = root.split_vertically(44);
+        let title = format!(
+            "Decode with a KV cache: {} | batch {} | {} decode tokens | {}",
+            report.source, report.batch, report.decode_tokens, report.device
+        );
+        let (w, _) = top.dim_in_pixel();
+        text(
+            &top,
+            glyphs,
+            &title,
+            (w as i32 / 2, 24),
+            20,
+            HPos::Center,
+            VPos::Center,
+        )?;
+        let panels = body.split_evenly((1, 2));
+        let series = |f: &dyn Fn(&super::Point) -> f64| -> Vec<Series> {
+            report
+                .arms
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let pts = a
+                        .points
+                        .iter()
+                        .map(|p| ((p.context as f64).log2(), f(p)))
+                        .collect();
+                    Series {
+                        name: a.name.clone(),
+                        colour: colour(&a.name, i),
+                        points: pts,
+                    }
+                })
+                .collect()
+        };
+        panel(
+            &panels[0],
+            glyphs,
+            &report.contexts,
+            &series(&|p| p.decode_tokens_per_s),
+            "decode tokens/s (higher is better)",
+            false,
+        )?;
+        panel(
+            &panels[1],
+            glyphs,
+            &report.contexts,
+            &series(&|p| p.cache_mb),
+            "KV cache held (MB)",
+            true,
+        )?;
+        Ok(())
+    }
+
+    /// Ticks from 0 at a 1/2/5 x 10^n step, the last one at or above `max`.
+    fn nice_ticks(max: f64) -> (Vec<f64>, usize) {
+        let max = if max > 0.0 && max.is_finite() {
+            max
+        } else {
+            1.0
+        };
+        let raw = max / 5.0;
+        let mag = 10f64.powf(raw.log10().floor());
+        let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+            .into_iter()
+            .map(|m| m * mag)
+            .find(|s| *s >= raw)
+            .unwrap_or(10.0 * mag);
+        // The fewest decimals that show the step exactly (2.5 -> 1, 0.25 -> 2).
+        let decimals = (0..10)
+            .find(|&d| {
+                let s = step * 10f64.powi(d);
+                (s - s.round()).abs() < 1e-6 * s.max(1.0)
+            })
+            .unwrap_or(6) as usize;
+        let n = (max / step).ceil() as usize;
+        ((0..=n).map(|i| i as f64 * step).collect(), decimals)
+    }
+
+    fn panel<DB: DrawingBackend>(
+        area: &Area<DB>,
+        glyphs: Glyphs,
+        contexts: &[usize],
+        series: &[Series],
+        title: &str,
+        legend: bool,
+    ) -> Result<(), String> {
+        let (ml, mr, mt, mb) = (86, 24, 40, 60);
+        let (_, h) = area.dim_in_pixel();
+        let y_max = series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .fold(0.0, f64::max)
+            * 1.08;
+        let (yticks, decimals) = nice_ticks(y_max);
+        let y_top = *yticks.last().expect("at least one tick");
+        let lo = (contexts[0] as f64).log2();
+        let hi = (contexts[contexts.len() - 1] as f64).log2();
+        let pad = ((hi - lo) * 0.06).max(0.5);
+        let mut chart = ChartBuilder::on(area)
+            .margin_left(ml)
+            .margin_right(mr)
+            .margin_top(mt)
+            .margin_bottom(mb)
+            .build_cartesian_2d(lo - pad..hi + pad, 0.0..y_top)
+            .map_err(e)?;
+        // Pixel positions in `area` of data points, computed before drawing borrows `chart`.
+        let base = area.get_base_pixel();
+        let at = |x: f64, y: f64| {
+            let (px, py) = chart.backend_coord(&(x, y));
+            (px - base.0, py - base.1)
+        };
+        let (x0, y0) = at(lo - pad, 0.0);
+        let (x1, y1) = at(hi + pad, y_top);
+        let xlabels: Vec<(String, (i32, i32))> = contexts
+            .iter()
+            .map(|&c| (c.to_string(), at((c as f64).log2(), 0.0)))
+            .collect();
+        let ylabels: Vec<(String, (i32, i32))> = yticks
+            .iter()
+            .map(|&v| (format!("{v:.decimals$}"), at(lo - pad, v)))
+            .collect();
+        let grid = RGBColor(225, 225, 225);
+        let axis = RGBColor(60, 60, 60);
+        let mut lines = Vec::new();
+        for &c in contexts {
+            let x = (c as f64).log2();
+            lines.push(vec![(x, 0.0), (x, y_top)]);
+        }
+        for &y in &yticks {
+            lines.push(vec![(lo - pad, y), (hi + pad, y)]);
+        }
+        chart
+            .draw_series(lines.into_iter().map(|l| PathElement::new(l, grid)))
+            .map_err(e)?;
+        area.draw(&Rectangle::new([(x0, y1), (x1, y0)], axis))
+            .map_err(e)?;
+        for s in series {
+            let style = s.colour.stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(s.points.iter().copied(), style))
+                .map_err(e)?;
+            chart
+                .draw_series(
+                    s.points
+                        .iter()
+                        .map(|&p| Circle::new(p, 4, s.colour.filled())),
+                )
+                .map_err(e)?;
+        }
+        for (label, (x, y)) in &xlabels {
+            text(
+                area,
+                glyphs,
+                label,
+                (*x, y + 8),
+                14,
+                HPos::Center,
+                VPos::Top,
+            )?;
+        }
+        for (label, (x, y)) in &ylabels {
+            text(
+                area,
+                glyphs,
+                label,
+                (x - 8, *y),
+                14,
+                HPos::Right,
+                VPos::Center,
+            )?;
+        }
+        text(
+            area,
+            glyphs,
+            "context (tokens, log2 scale)",
+            ((x0 + x1) / 2, h as i32 - 20),
+            16,
+            HPos::Center,
+            VPos::Center,
+        )?;
+        text(
+            area,
+            glyphs,
+            title,
+            ((x0 + x1) / 2, 20),
+            17,
+            HPos::Center,
+            VPos::Center,
+        )?;
+        if legend {
+            let row = 22;
+            let longest = series.iter().map(|s| s.name.len()).max().unwrap_or(0) as i32;
+            let (bx, by) = (x0 + 14, y1 + 12);
+            let bw = 54 + longest * 10;
+            let bh = row * series.len() as i32 + 10;
+            area.draw(&Rectangle::new(
+                [(bx, by), (bx + bw, by + bh)],
+                WHITE.filled(),
+            ))
+            .map_err(e)?;
+            area.draw(&Rectangle::new(
+                [(bx, by), (bx + bw, by + bh)],
+                RGBColor(160, 160, 160),
+            ))
+            .map_err(e)?;
+            for (i, s) in series.iter().enumerate() {
+                let y = by + 5 + row * i as i32 + row / 2;
+                area.draw(&PathElement::new(
+                    vec![(bx + 8, y), (bx + 36, y)],
+                    s.colour.stroke_width(2),
+                ))
+                .map_err(e)?;
+                area.draw(&Circle::new((bx + 22, y), 4, s.colour.filled()))
+                    .map_err(e)?;
+                text(
+                    area,
+                    glyphs,
+                    &s.name,
+                    (bx + 44, y),
+                    15,
+                    HPos::Left,
+                    VPos::Center,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Draw `s` with its anchor point at `pos` (area pixels), `size` pixels tall.
+    fn text<DB: DrawingBackend>(
+        area: &Area<DB>,
+        glyphs: Glyphs,
+        s: &str,
+        pos: (i32, i32),
+        size: u32,
+        h: HPos,
+        v: VPos,
+    ) -> Result<(), String> {
+        match glyphs {
+            Glyphs::System => {
+                let style = ("sans-serif", size)
+                    .into_font()
+                    .color(&RGBColor(30, 30, 30))
+                    .pos(Pos::new(h, v));
+                area.draw(&Text::new(s.to_string(), pos, style)).map_err(e)
+            }
+            Glyphs::Builtin => builtin_text(area, s, pos, size, h, v),
+        }
+    }
+
+    /// Text in the 5x7 bitmap font below, each font pixel a `scale` x `scale` square.
+    fn builtin_text<DB: DrawingBackend>(
+        area: &Area<DB>,
+        s: &str,
+        pos: (i32, i32),
+        size: u32,
+        h: HPos,
+        v: VPos,
+    ) -> Result<(), String> {
+        let scale = ((size / 7) as i32).max(1);
+        let n = s.chars().count() as i32;
+        let width = (6 * n - 1).max(0) * scale;
+        let height = 7 * scale;
+        let x0 = match h {
+            HPos::Left => pos.0,
+            HPos::Center => pos.0 - width / 2,
+            HPos::Right => pos.0 - width,
+        };
+        let y0 = match v {
+            VPos::Top => pos.1,
+            VPos::Center => pos.1 - height / 2,
+            VPos::Bottom => pos.1 - height,
+        };
+        let ink = RGBColor(30, 30, 30).filled();
+        let mut squares = Vec::new();
+        for (i, c) in s.chars().enumerate() {
+            let rows = glyph(c);
+            for (r, bits) in rows.split('|').enumerate() {
+                for (col, b) in bits.bytes().enumerate() {
+                    if b == b'#' {
+                        let x = x0 + (6 * i as i32 + col as i32) * scale;
+                        let y = y0 + r as i32 * scale;
+                        squares.push(Rectangle::new([(x, y), (x + scale, y + scale)], ink));
+                    }
+                }
+            }
+        }
+        for sq in &squares {
+            area.draw(sq).map_err(e)?;
+        }
+        Ok(())
+    }
+
+    /// Rows of a 5x7 glyph, top to bottom, `#` = ink. Lowercase is drawn as uppercase;
+    /// characters without a glyph as a hollow box.
+    fn glyph(c: char) -> &'static str {
+        match c.to_ascii_uppercase() {
+            '0' => ".###.|#...#|#..##|#.#.#|##..#|#...#|.###.",
+            '1' => "..#..|.##..|..#..|..#..|..#..|..#..|.###.",
+            '2' => ".###.|#...#|....#|...#.|..#..|.#...|#####",
+            '3' => "####.|....#|....#|.###.|....#|....#|####.",
+            '4' => "...#.|..##.|.#.#.|#..#.|#####|...#.|...#.",
+            '5' => "#####|#....|####.|....#|....#|#...#|.###.",
+            '6' => "..##.|.#...|#....|####.|#...#|#...#|.###.",
+            '7' => "#####|....#|...#.|..#..|.#...|.#...|.#...",
+            '8' => ".###.|#...#|#...#|.###.|#...#|#...#|.###.",
+            '9' => ".###.|#...#|#...#|.####|....#|...#.|.##..",
+            'A' => ".###.|#...#|#...#|#####|#...#|#...#|#...#",
+            'B' => "####.|#...#|#...#|####.|#...#|#...#|####.",
+            'C' => ".###.|#...#|#....|#....|#....|#...#|.###.",
+            'D' => "###..|#..#.|#...#|#...#|#...#|#..#.|###..",
+            'E' => "#####|#....|#....|####.|#....|#....|#####",
+            'F' => "#####|#....|#....|####.|#....|#....|#....",
+            'G' => ".###.|#...#|#....|#.###|#...#|#...#|.####",
+            'H' => "#...#|#...#|#...#|#####|#...#|#...#|#...#",
+            'I' => ".###.|..#..|..#..|..#..|..#..|..#..|.###.",
+            'J' => "..###|...#.|...#.|...#.|...#.|#..#.|.##..",
+            'K' => "#...#|#..#.|#.#..|##...|#.#..|#..#.|#...#",
+            'L' => "#....|#....|#....|#....|#....|#....|#####",
+            'M' => "#...#|##.##|#.#.#|#.#.#|#...#|#...#|#...#",
+            'N' => "#...#|#...#|##..#|#.#.#|#..##|#...#|#...#",
+            'O' => ".###.|#...#|#...#|#...#|#...#|#...#|.###.",
+            'P' => "####.|#...#|#...#|####.|#....|#....|#....",
+            'Q' => ".###.|#...#|#...#|#...#|#.#.#|#..#.|.##.#",
+            'R' => "####.|#...#|#...#|####.|#.#..|#..#.|#...#",
+            'S' => ".####|#....|#....|.###.|....#|....#|####.",
+            'T' => "#####|..#..|..#..|..#..|..#..|..#..|..#..",
+            'U' => "#...#|#...#|#...#|#...#|#...#|#...#|.###.",
+            'V' => "#...#|#...#|#...#|#...#|#...#|.#.#.|..#..",
+            'W' => "#...#|#...#|#...#|#.#.#|#.#.#|#.#.#|.#.#.",
+            'X' => "#...#|#...#|.#.#.|..#..|.#.#.|#...#|#...#",
+            'Y' => "#...#|#...#|.#.#.|..#..|..#..|..#..|..#..",
+            'Z' => "#####|....#|...#.|..#..|.#...|#....|#####",
+            ' ' => ".....|.....|.....|.....|.....|.....|.....",
+            '.' => ".....|.....|.....|.....|.....|.##..|.##..",
+            ',' => ".....|.....|.....|.....|.##..|..#..|.#...",
+            '-' => ".....|.....|.....|.###.|.....|.....|.....",
+            '_' => ".....|.....|.....|.....|.....|.....|#####",
+            '/' => ".....|....#|...#.|..#..|.#...|#....|.....",
+            '(' => "...#.|..#..|.#...|.#...|.#...|..#..|...#.",
+            ')' => ".#...|..#..|...#.|...#.|...#.|..#..|.#...",
+            '%' => "##...|##..#|...#.|..#..|.#...|#..##|...##",
+            ':' => ".....|.##..|.##..|.....|.##..|.##..|.....",
+            '+' => ".....|..#..|..#..|#####|..#..|..#..|.....",
+            '=' => ".....|.....|#####|.....|#####|.....|.....",
+            '|' => "..#..|..#..|..#..|..#..|..#..|..#..|..#..",
+            '@' => ".###.|#...#|#.###|#.#.#|#.###|#....|.###.",
+            _ => "#####|#...#|#...#|#...#|#...#|#...#|#####",
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn ticks_cover_the_maximum_with_round_steps() {
+            let (t, d) = nice_ticks(93.0);
+            assert_eq!(t, vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]);
+            assert_eq!(d, 0);
+            let (t, d) = nice_ticks(0.37);
+            assert_eq!(*t.last().unwrap(), 0.4);
+            assert_eq!(d, 1);
+            let (t, d) = nice_ticks(0.0011);
+            assert!(*t.last().unwrap() >= 0.0011 && t.len() <= 7, "{t:?}");
+            assert!(d >= 4, "{d}");
+        }
+
+        #[test]
+        fn every_glyph_is_5x7() {
+            for c in (32u8..127).map(char::from) {
+                let rows: Vec<&str> = glyph(c).split('|').collect();
+                assert_eq!(rows.len(), 7, "{c:?}");
+                assert!(rows.iter().all(|r| r.len() == 5), "{c:?}");
+            }
+        }
+    }
+}
