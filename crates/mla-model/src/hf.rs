@@ -563,7 +563,10 @@ mod tests {
             );
             let (la, lb) = (a.forward(x.clone()), b.forward(x));
             let diff = (la - lb).abs().max().into_scalar::<f32>();
-            assert_eq!(diff, 0.0, "{extra}");
+            // Exact, except where Llama's missing YaRN factor is folded into q_proj and back
+            // (a multiply and a divide in f32).
+            let tol = if extra.contains("yarn") { 1e-6 } else { 0.0 };
+            assert!(diff <= tol, "{extra}: logits differ by {diff}");
         }
     }
 

@@ -71,6 +71,21 @@ impl Lm {
         self.head(x)
     }
 
+    /// Logits of the last position only (what generation samples from), for `tokens` that
+    /// follow the ones in `cache`: the head, the largest matmul at prefill, runs once per row.
+    ///
+    /// # Shapes
+    /// - tokens: `[b, t]` -> `[b, vocab_size]`
+    pub fn forward_cached_last(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<2> {
+        let mut x = self.embed_tokens.forward(tokens); // [b, t, d]
+        for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(x, &self.rope, Some(layer_cache));
+        }
+        let [b, t, _] = x.dims();
+        let last = x.slice_dim(1, t - 1..t); // [b, 1, d]
+        self.head(last).reshape([b, self.config.vocab_size])
+    }
+
     /// An empty generation cache for this model.
     pub fn new_cache(&self, mode: CacheMode) -> KvCache {
         KvCache::new(self.layers.len(), mode)

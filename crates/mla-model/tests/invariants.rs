@@ -91,6 +91,14 @@ fn cached_decode_equals_full_forward() {
                 }
                 assert_eq!(cache.len(), 11);
                 let stepped = Tensor::cat(outs, 1);
+                // The last-position shortcut generation uses agrees too.
+                let mut short = model.new_cache(mode);
+                let prefix: Vec<Vec<i64>> = seq.iter().map(|r| r[..10].to_vec()).collect();
+                let _ = model.forward_cached_last(tokens(&prefix), &mut short);
+                let last: Vec<Vec<i64>> = seq.iter().map(|r| r[10..].to_vec()).collect();
+                let v = cfg.vocab_size;
+                let got = model.forward_cached_last(tokens(&last), &mut short).reshape([2, 1, v]);
+                close(full.clone().slice_dim(1, 10..11), got, 2e-5, &format!("{name} last"));
                 close(
                     full.clone(),
                     stepped,

@@ -292,10 +292,9 @@ fn int_tensor(ids: Vec<i64>, batch: usize, device: &Device) -> Tensor<2, Int> {
 
 /// Greedy next token of each row from the last position's logits, read back to the host
 /// (which also waits for the computation to finish).
-fn next_tokens(logits: Tensor<3>) -> Vec<i64> {
-    let [b, t, v] = logits.dims();
+fn next_tokens(logits: Tensor<2>) -> Vec<i64> {
+    let [b, v] = logits.dims();
     let last = logits
-        .slice_dim(1, t - 1..t)
         .reshape([b * v])
         .into_data()
         .convert::<f32>()
@@ -451,8 +450,8 @@ pub fn run_decode(
             arm.config.vocab_size,
         );
         let next =
-            next_tokens(model.forward_cached(int_tensor(ids, opts.batch, device), &mut cache));
-        next_tokens(model.forward_cached(int_tensor(next, opts.batch, device), &mut cache));
+            next_tokens(model.forward_cached_last(int_tensor(ids, opts.batch, device), &mut cache));
+        next_tokens(model.forward_cached_last(int_tensor(next, opts.batch, device), &mut cache));
         models.push(model);
     }
 
@@ -466,7 +465,7 @@ pub fn run_decode(
             let tokens = int_tensor(ids, opts.batch, device);
             let mut cache = model.new_cache(arm.mode);
             let started = Instant::now();
-            let next = next_tokens(model.forward_cached(tokens, &mut cache));
+            let next = next_tokens(model.forward_cached_last(tokens, &mut cache));
             let prefill = started.elapsed().as_secs_f64();
             check_cache(arm, &cache, context, opts.batch)?;
             prefilled.push((cache, next, prefill));
@@ -484,7 +483,7 @@ pub fn run_decode(
                 for _ in 0..opts.decode_tokens {
                     let step_started = Instant::now();
                     let step = int_tensor(next, opts.batch, device);
-                    next = next_tokens(model.forward_cached(step, &mut cache));
+                    next = next_tokens(model.forward_cached_last(step, &mut cache));
                     timing[i].steps.push(step_started.elapsed().as_secs_f64());
                 }
                 let wall = started.elapsed().as_secs_f64();

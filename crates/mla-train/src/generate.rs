@@ -1,6 +1,6 @@
 //! Text generation: sampling from logits and the decode loop over the model's KV caches.
 //!
-//! The loop prefills the whole prompt with one [`Lm::forward_cached`] call, then feeds one
+//! The loop prefills the whole prompt with one [`Lm::forward_cached_last`] call, then feeds one
 //! token per step. With [`CacheChoice::Latent`] an MLA model caches only `[c_kv | k_pe]` per
 //! token and decodes with absorbed weights; [`CacheChoice::Naive`] caches decompressed per-head
 //! K/V; [`CacheChoice::Recompute`] keeps no cache and runs the whole sequence every step (the
@@ -407,12 +407,15 @@ fn last_logits(model: &Lm, seq: &[u32], cache: Option<&mut KvCache>) -> Vec<f32>
     let ids: Vec<i64> = new.iter().map(|&i| i64::from(i)).collect();
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, new.len()]), &device);
     let logits = match cache {
-        Some(c) => model.forward_cached(tokens, c),
-        None => model.forward(tokens),
-    }; // [1, t, vocab]
-    let [_, t, v] = logits.dims();
+        Some(c) => model.forward_cached_last(tokens, c), // [1, vocab]
+        None => {
+            let all = model.forward(tokens); // [1, t, vocab]
+            let t = all.dims()[1];
+            all.slice_dim(1, t - 1..t).reshape([1, model.config().vocab_size])
+        }
+    };
+    let v = model.config().vocab_size;
     logits
-        .slice_dim(1, t - 1..t)
         .reshape([v])
         .into_data()
         .convert::<f32>()

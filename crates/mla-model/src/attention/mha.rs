@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
-use super::sdpa::causal_attention;
+use super::sdpa::{causal_attention, causal_attention_folded};
 use crate::cache::LayerCache;
 use crate::config::{ModelConfig, StandardAttention};
 use crate::init;
@@ -68,12 +68,18 @@ impl MultiHeadAttention {
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let q = rope.apply(q, offset);
         let k = rope.apply(k, offset);
-        let (k, v) = match cache {
-            Some(cache) => cache.append_kv(k, v), // [b, kv, offset + t, hd]
-            None => (k, v),
+        let groups = h / kv;
+        let out = match cache {
+            Some(cache) => {
+                let (k, v) = cache.append_kv(k, v); // [b, kv, offset + t, hd]
+                // Decoding reads the whole cache each step: rather than copying each K/V head
+                // for its `groups` query heads, fold those heads into query rows.
+                // [b, h, t, hd] -> [b, kv, groups * t, hd] (head i = kv head i / groups)
+                let q = q.reshape([b, kv, groups * t, hd]);
+                causal_attention_folded(q, k, v, self.scale, t).reshape([b, h, t, hd])
+            }
+            None => causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), self.scale),
         };
-
-        let out = causal_attention(q, repeat_kv(k, h / kv), repeat_kv(v, h / kv), self.scale);
         // [b, h, t, hd] -> [b, t, h * hd]
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))

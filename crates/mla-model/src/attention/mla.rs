@@ -150,7 +150,19 @@ impl MultiHeadLatentAttention {
 
         let out = match cache {
             Some(cache) if cache.is_latent() => {
-                self.attend_absorbed(q_nope, q_pe, c_kv, k_pe, cache)
+                // [b, t, r] -> [b, 1, t, r]; cat -> [b, 1, t, r + rope]: what is cached per token
+                let latent = Tensor::cat(vec![c_kv.unsqueeze_dim::<4>(1), k_pe], 3);
+                let latents = cache.append_latent(latent); // [b, 1, T, r + rope]
+                if t == 1 {
+                    self.attend_absorbed(q_nope, q_pe, latents, cache)
+                } else {
+                    // Prefill is compute-bound: decompress K/V of every cached token and attend
+                    // as in training (as DeepSeek does); only the latents are kept.
+                    let total = latents.dims()[2];
+                    let c_all = latents.clone().slice_dim(3, 0..r).reshape([b, total, r]);
+                    let k_pe_all = latents.slice_dim(3, r..r + rope_d); // [b, 1, T, rope]
+                    self.attend_naive(q_nope, q_pe, c_all, k_pe_all, None)
+                }
             }
             cache => self.attend_naive(q_nope, q_pe, c_kv, k_pe, cache),
         }; // [b, h, t, v]
@@ -159,12 +171,12 @@ impl MultiHeadLatentAttention {
             .forward(out.swap_dims(1, 2).reshape([b, t, h * self.v_head_dim]))
     }
 
-    /// Decompress per-head keys and values from the latent and attend as MHA would (training,
-    /// and the `naive` cache).
+    /// Decompress per-head keys and values from the latents and attend as MHA would: training,
+    /// prefill, and the `naive` cache (which stores the decompressed K/V).
     ///
     /// # Shapes
-    /// - q_nope `[b, h, t, nope]`, q_pe `[b, h, t, rope]`, c_kv `[b, t, r]`,
-    ///   k_pe `[b, 1, t, rope]` -> `[b, h, t, v]`
+    /// - q_nope `[b, h, t, nope]`, q_pe `[b, h, t, rope]` for the last `t` of `T` positions;
+    ///   c_kv `[b, T, r]`, k_pe `[b, 1, T, rope]` -> `[b, h, t, v]`
     fn attend_naive(
         &self,
         q_nope: Tensor<4>,
@@ -173,58 +185,58 @@ impl MultiHeadLatentAttention {
         k_pe: Tensor<4>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<4> {
-        let [b, h, t, _] = q_nope.dims();
+        let [b, h, _, _] = q_nope.dims();
+        let t_kv = c_kv.dims()[1];
         let (nope, rope_d, v_d) = (
             self.qk_nope_head_dim,
             self.qk_rope_head_dim,
             self.v_head_dim,
         );
-        // [b, t, r] -> [b, t, h * (nope + v)] -> [b, t, h, nope + v] -> [b, h, t, nope + v]
+        // [b, T, r] -> [b, T, h * (nope + v)] -> [b, T, h, nope + v] -> [b, h, T, nope + v]
         let kv = self
             .kv_b_proj
             .forward(c_kv)
-            .reshape([b, t, h, nope + v_d])
+            .reshape([b, t_kv, h, nope + v_d])
             .swap_dims(1, 2);
-        let k_nope = kv.clone().slice_dim(3, 0..nope); // [b, h, t, nope]
-        let v = kv.slice_dim(3, nope..nope + v_d); // [b, h, t, v]
-        // Every head sees the same rotary key: [b, 1, t, rope] -> [b, h, t, rope]
-        let k = Tensor::cat(vec![k_nope, k_pe.expand([b, h, t, rope_d])], 3); // [b, h, t, nope + rope]
+        let k_nope = kv.clone().slice_dim(3, 0..nope); // [b, h, T, nope]
+        let v = kv.slice_dim(3, nope..nope + v_d); // [b, h, T, v]
+        // Every head sees the same rotary key: [b, 1, T, rope] -> [b, h, T, rope]
+        let k_pe = k_pe.expand([b, h, t_kv, rope_d]);
+        let k = Tensor::cat(vec![k_nope, k_pe], 3); // [b, h, T, nope + rope]
         let q = Tensor::cat(vec![q_nope, q_pe], 3); // [b, h, t, nope + rope]
         let (k, v) = match cache {
-            Some(cache) => cache.append_kv(k, v), // [b, h, T, ..]
+            Some(cache) => cache.append_kv(k, v), // [b, h, offset + T, ..]
             None => (k, v),
         };
         causal_attention(q, k, v, self.scale)
     }
 
-    /// Attend over the latent cache with W_UK absorbed into the query and W_UV into the
-    /// output: the cache is one `r + rope`-wide "key head" that every query head shares, and
-    /// the latents themselves are the values.
+    /// One decode step over the latent cache with W_UK absorbed into the query and W_UV into
+    /// the output: the cache is one `r + rope`-wide "key head" that every query head shares,
+    /// and the latents themselves are the values.
     ///
     /// # Shapes
-    /// - q_nope `[b, h, t, nope]`, q_pe `[b, h, t, rope]`, c_kv `[b, t, r]`,
-    ///   k_pe `[b, 1, t, rope]` -> `[b, h, t, v]`
+    /// - q_nope `[b, h, 1, nope]`, q_pe `[b, h, 1, rope]`, latents `[b, 1, T, r + rope]`
+    ///   -> `[b, h, 1, v]`
     fn attend_absorbed(
         &self,
         q_nope: Tensor<4>,
         q_pe: Tensor<4>,
-        c_kv: Tensor<3>,
-        k_pe: Tensor<4>,
+        latents: Tensor<4>,
         cache: &mut LayerCache,
     ) -> Tensor<4> {
         let [b, h, t, _] = q_nope.dims();
         let (r, rope_d) = (self.kv_lora_rank, self.qk_rope_head_dim);
-        // [b, t, r] -> [b, 1, t, r]; cat -> [b, 1, t, r + rope]: what is cached per token
-        let latent = Tensor::cat(vec![c_kv.unsqueeze_dim::<4>(1), k_pe], 3);
-        let latents = cache.append_latent(latent); // [b, 1, T, r + rope]
         let Absorbed { w_uk, w_uv } = cache.absorbed(|| self.absorb()).clone();
 
         // W_UK into the query: [b, h, t, nope] @ [1, h, nope, r] -> [b, h, t, r]
         let q_latent = q_nope.matmul(w_uk);
         // [b, h, t, r + rope] -> [b, 1, h * t, r + rope]: heads folded into query rows
         let q = Tensor::cat(vec![q_latent, q_pe], 3).reshape([b, 1, h * t, r + rope_d]);
-        let values = latents.clone().slice_dim(3, 0..r); // [b, 1, T, r]
-        let ctx = causal_attention_folded(q, latents, values, self.scale, t); // [b, 1, h * t, r]
+        // The latents are keys and values at once. Passing all r + rope columns as values and
+        // dropping the rope part of the output avoids copying a column slice of the cache.
+        let ctx = causal_attention_folded(q, latents.clone(), latents, self.scale, t)
+            .slice_dim(3, 0..r); // [b, 1, h * t, r]
         // W_UV into the output: [b, 1, h * t, r] -> [b, h, t, r] @ [1, h, r, v] -> [b, h, t, v]
         ctx.reshape([b, h, t, r]).matmul(w_uv)
     }

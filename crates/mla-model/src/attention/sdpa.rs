@@ -36,13 +36,15 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) ->
     }
 }
 
-/// Causal attention with `groups` query groups folded into the query-length dim, all sharing
-/// one key/value head: row `g * t_q + j` is the query of group `g` at position `t_k - t_q + j`.
-/// Used by absorbed MLA decoding, where every head attends over the same latent cache.
+/// Causal attention with `groups` query heads per key/value head folded into the query-length
+/// dim: row `g * t_q + j` of K/V head `n` is query head `n * groups + g` at position
+/// `t_k - t_q + j`. Used when decoding from a cache, where copying K/V for every query head
+/// would cost as much as the attention: GQA/MQA fold their groups, absorbed MLA folds all heads
+/// onto its single latent head.
 ///
 /// # Shapes
-/// - q: `[b, 1, groups * t_q, d_qk]`, k: `[b, 1, t_k, d_qk]`, v: `[b, 1, t_k, d_v]`
-/// - returns `[b, 1, groups * t_q, d_v]`
+/// - q: `[b, n_kv, groups * t_q, d_qk]`, k: `[b, n_kv, t_k, d_qk]`, v: `[b, n_kv, t_k, d_v]`
+/// - returns `[b, n_kv, groups * t_q, d_v]`
 pub fn causal_attention_folded(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -50,7 +52,7 @@ pub fn causal_attention_folded(
     scale: f64,
     t_q: usize,
 ) -> Tensor<4> {
-    let [b, _, rows, _] = q.dims();
+    let [b, n_kv, rows, _] = q.dims();
     let t_k = k.dims()[2];
     let options = AttentionModuleOptions {
         scale: Some(scale),
@@ -61,7 +63,7 @@ pub fn causal_attention_folded(
         None
     } else {
         let groups = rows / t_q;
-        Some(future_bias(t_q, t_k, groups, &q).expand([b, 1, rows, t_k]))
+        Some(future_bias(t_q, t_k, groups, &q).expand([b, n_kv, rows, t_k]))
     };
     attention(q, k, v, None, bias, options)
 }
