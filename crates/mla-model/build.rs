@@ -7,7 +7,12 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    for var in ["LIBTORCH", "LIBTORCH_LIB", "LIBTORCH_USE_PYTORCH", "VIRTUAL_ENV"] {
+    for var in [
+        "LIBTORCH",
+        "LIBTORCH_LIB",
+        "LIBTORCH_USE_PYTORCH",
+        "VIRTUAL_ENV",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     if std::env::var_os("CARGO_FEATURE_TCH").is_none() {
@@ -18,7 +23,10 @@ fn main() {
         .map(PathBuf::from)
         .or_else(|| {
             let out = Command::new("python3")
-                .args(["-c", "import os, torch; print(os.path.dirname(torch.__file__))"])
+                .args([
+                    "-c",
+                    "import os, torch; print(os.path.dirname(torch.__file__))",
+                ])
                 .output()
                 .ok()?;
             out.status
@@ -26,7 +34,10 @@ fn main() {
                 .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
         });
     match root {
-        Some(root) => println!("cargo:rustc-link-arg=-Wl,-rpath,{}", root.join("lib").display()),
+        Some(root) => println!(
+            "cargo:rustc-link-arg=-Wl,-rpath,{}",
+            root.join("lib").display()
+        ),
         None => println!(
             "cargo:warning=tch feature: libtorch not found (set LIBTORCH, or source \
              .venv/libtorch.env after scripts/setup-libtorch.sh); binaries will need LD_LIBRARY_PATH"

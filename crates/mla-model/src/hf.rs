@@ -173,7 +173,10 @@ fn for_each_slot(model: &mut Lm, layout: Layout, f: &mut dyn FnMut(String, Slot<
         Layout::Hf => HfArch::of(&cfg).rope_style(),
         Layout::Native => ours,
     };
-    let perm = |p: Option<Vec<usize>>| RowMap { perm: p, scale: None };
+    let perm = |p: Option<Vec<usize>>| RowMap {
+        perm: p,
+        scale: None,
+    };
     let plain = RowMap::default;
     // Llama scales its softmax by head_dim^-0.5 only; YaRN's mscale^2 (which DeepseekV2 and we
     // apply to the scores) is folded into q_proj instead: scores are linear in q.
@@ -209,8 +212,14 @@ fn for_each_slot(model: &mut Lm, layout: Layout, f: &mut dyn FnMut(String, Slot<
                 let k = perm(rope_rows(s.n_kv_heads, hd, 0, hd, ours, theirs));
                 f(format!("{a}.q_proj.weight"), Slot::Linear(&mut m.q_proj, q));
                 f(format!("{a}.k_proj.weight"), Slot::Linear(&mut m.k_proj, k));
-                f(format!("{a}.v_proj.weight"), Slot::Linear(&mut m.v_proj, plain()));
-                f(format!("{a}.o_proj.weight"), Slot::Linear(&mut m.o_proj, plain()));
+                f(
+                    format!("{a}.v_proj.weight"),
+                    Slot::Linear(&mut m.v_proj, plain()),
+                );
+                f(
+                    format!("{a}.o_proj.weight"),
+                    Slot::Linear(&mut m.o_proj, plain()),
+                );
             }
             (Attention::Latent(m), AttentionConfig::Latent(l)) => {
                 let (nope, r) = (l.qk_nope_head_dim, l.qk_rope_head_dim);
@@ -220,27 +229,61 @@ fn for_each_slot(model: &mut Lm, layout: Layout, f: &mut dyn FnMut(String, Slot<
                         f(format!("{a}.q_proj.weight"), Slot::Linear(q, q_rows))
                     }
                     QueryProjection::LowRank(q) => {
-                        f(format!("{a}.q_a_proj.weight"), Slot::Linear(&mut q.q_a_proj, plain()));
-                        f(format!("{a}.q_a_layernorm.weight"), Slot::Norm(&mut q.q_a_layernorm));
-                        f(format!("{a}.q_b_proj.weight"), Slot::Linear(&mut q.q_b_proj, q_rows));
+                        f(
+                            format!("{a}.q_a_proj.weight"),
+                            Slot::Linear(&mut q.q_a_proj, plain()),
+                        );
+                        f(
+                            format!("{a}.q_a_layernorm.weight"),
+                            Slot::Norm(&mut q.q_a_layernorm),
+                        );
+                        f(
+                            format!("{a}.q_b_proj.weight"),
+                            Slot::Linear(&mut q.q_b_proj, q_rows),
+                        );
                     }
                 }
                 // One "head" of kv_lora_rank + rope rows, the rope rows last.
-                let kv_rows = perm(rope_rows(1, l.kv_lora_rank + r, l.kv_lora_rank, r, ours, theirs));
+                let kv_rows = perm(rope_rows(
+                    1,
+                    l.kv_lora_rank + r,
+                    l.kv_lora_rank,
+                    r,
+                    ours,
+                    theirs,
+                ));
                 f(
                     format!("{a}.kv_a_proj_with_mqa.weight"),
                     Slot::Linear(&mut m.kv_a_proj_with_mqa, kv_rows),
                 );
-                f(format!("{a}.kv_a_layernorm.weight"), Slot::Norm(&mut m.kv_a_layernorm));
-                f(format!("{a}.kv_b_proj.weight"), Slot::Linear(&mut m.kv_b_proj, plain()));
-                f(format!("{a}.o_proj.weight"), Slot::Linear(&mut m.o_proj, plain()));
+                f(
+                    format!("{a}.kv_a_layernorm.weight"),
+                    Slot::Norm(&mut m.kv_a_layernorm),
+                );
+                f(
+                    format!("{a}.kv_b_proj.weight"),
+                    Slot::Linear(&mut m.kv_b_proj, plain()),
+                );
+                f(
+                    format!("{a}.o_proj.weight"),
+                    Slot::Linear(&mut m.o_proj, plain()),
+                );
             }
             _ => unreachable!("attention module and config always agree"),
         }
         let mlp = &mut layer.mlp;
-        f(format!("{p}.mlp.gate_proj.weight"), Slot::Linear(&mut mlp.gate_proj, plain()));
-        f(format!("{p}.mlp.up_proj.weight"), Slot::Linear(&mut mlp.up_proj, plain()));
-        f(format!("{p}.mlp.down_proj.weight"), Slot::Linear(&mut mlp.down_proj, plain()));
+        f(
+            format!("{p}.mlp.gate_proj.weight"),
+            Slot::Linear(&mut mlp.gate_proj, plain()),
+        );
+        f(
+            format!("{p}.mlp.up_proj.weight"),
+            Slot::Linear(&mut mlp.up_proj, plain()),
+        );
+        f(
+            format!("{p}.mlp.down_proj.weight"),
+            Slot::Linear(&mut mlp.down_proj, plain()),
+        );
     }
     f("model.norm.weight".into(), Slot::Norm(&mut model.norm));
     if let Some(head) = &mut model.lm_head {

@@ -97,8 +97,15 @@ fn cached_decode_equals_full_forward() {
                 let _ = model.forward_cached_last(tokens(&prefix), &mut short);
                 let last: Vec<Vec<i64>> = seq.iter().map(|r| r[10..].to_vec()).collect();
                 let v = cfg.vocab_size;
-                let got = model.forward_cached_last(tokens(&last), &mut short).reshape([2, 1, v]);
-                close(full.clone().slice_dim(1, 10..11), got, 2e-5, &format!("{name} last"));
+                let got = model
+                    .forward_cached_last(tokens(&last), &mut short)
+                    .reshape([2, 1, v]);
+                close(
+                    full.clone().slice_dim(1, 10..11),
+                    got,
+                    2e-5,
+                    &format!("{name} last"),
+                );
                 close(
                     full.clone(),
                     stepped,

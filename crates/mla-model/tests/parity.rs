@@ -45,7 +45,10 @@ impl ModuleMapper for ToGrads {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -81,8 +84,14 @@ fn logits_loss_and_gradients_match_the_pytorch_reference() {
         let d = max_abs_diff(&got_logits, &want_logits.data);
         assert!(d <= 1e-4, "{name}: logits differ by {d}");
         let got_loss = loss.clone().into_scalar::<f32>();
-        assert!((got_loss - want_loss).abs() <= 1e-4, "{name}: loss {got_loss} vs {want_loss}");
-        eprintln!("{name}: logits max |diff| {d:.1e}, loss |diff| {:.1e}", (got_loss - want_loss).abs());
+        assert!(
+            (got_loss - want_loss).abs() <= 1e-4,
+            "{name}: loss {got_loss} vs {want_loss}"
+        );
+        eprintln!(
+            "{name}: logits max |diff| {d:.1e}, loss |diff| {:.1e}",
+            (got_loss - want_loss).abs()
+        );
 
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let as_grads = model.map(&mut ToGrads(grads));
@@ -92,7 +101,10 @@ fn logits_loss_and_gradients_match_the_pytorch_reference() {
             assert_eq!(got.shape, want.shape, "{name}: {gname}");
             let scale = want.data.iter().fold(0f32, |m, x| m.max(x.abs()));
             let d = max_abs_diff(&got.data, &want.data);
-            assert!(d <= 1e-4 * scale, "{name}: grad {gname} differs by {d} (scale {scale})");
+            assert!(
+                d <= 1e-4 * scale,
+                "{name}: grad {gname} differs by {d} (scale {scale})"
+            );
         }
     }
 }
@@ -108,7 +120,8 @@ fn the_fixtures_detect_convention_mistakes() {
         ("mla_yarn", "rope_scaling"),
         ("mha", "rope_style"),
     ] {
-        let (mut tensors, meta) = hf::read_safetensors(&dir.join(format!("{case}.safetensors"))).unwrap();
+        let (mut tensors, meta) =
+            hf::read_safetensors(&dir.join(format!("{case}.safetensors"))).unwrap();
         let mut section: ModelSection = serde_json::from_str(&meta["config"]).unwrap();
         match mutate {
             "rope_style" => section.rope_style = Some(mla_model::RopeStyle::Half),
@@ -121,7 +134,13 @@ fn the_fixtures_detect_convention_mistakes() {
         let model = hf::import(Lm::new(&cfg, &device), tensors, Layout::Native).unwrap();
         let data: Vec<i64> = ids.data.iter().map(|&x| x as i64).collect();
         let logits = model.forward(Tensor::from_data(TensorData::new(data, ids.shape), &device));
-        let d = max_abs_diff(&logits.into_data().try_into_vec::<f32>().unwrap(), &want.data);
-        assert!(d > 0.05, "{case} with a wrong {mutate}: logits only moved by {d}");
+        let d = max_abs_diff(
+            &logits.into_data().try_into_vec::<f32>().unwrap(),
+            &want.data,
+        );
+        assert!(
+            d > 0.05,
+            "{case} with a wrong {mutate}: logits only moved by {d}"
+        );
     }
 }

@@ -649,7 +649,7 @@ impl DecodeReport {
     }
 
     /// Write `decode.json`, `decode.md`, `decode.png` and `decode.svg` into `dir`.
-    pub fn write(&self, dir: &Path, text: PlotText) -> Result<(), BenchError> {
+    pub fn write(&self, dir: &Path) -> Result<(), BenchError> {
         let werr = |path: &Path| {
             let path = path.to_path_buf();
             move |e: std::io::Error| BenchError::Write {
@@ -663,78 +663,28 @@ impl DecodeReport {
         std::fs::write(&json, text_json + "\n").map_err(werr(&json))?;
         let md = dir.join("decode.md");
         std::fs::write(&md, self.markdown()).map_err(werr(&md))?;
-        plot::decode_plots(self, &dir.join("decode.png"), &dir.join("decode.svg"), text)
+        let (png, svg) = (dir.join("decode.png"), dir.join("decode.svg"));
+        crate::figure::write(&plot::DecodeFigure(self), &png, &svg).map_err(|e| BenchError::Write {
+            path: e.path,
+            message: e.message,
+        })
     }
-}
-
-/// How the plot draws its text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PlotText {
-    /// The system's sans-serif font when fontconfig finds one, else [`PlotText::Builtin`]
-    /// for the PNG.
-    Auto,
-    /// The system's sans-serif font (through plotters' `ttf` feature, i.e. fontconfig).
-    System,
-    /// A 5x7 bitmap font compiled into this file: no font files needed.
-    Builtin,
 }
 
 /// The figure: two panels sharing a log2 context axis.
-pub mod plot {
-    use std::path::Path;
-
+mod plot {
     use plotters::coord::Shift;
     use plotters::prelude::*;
-    use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-    use super::{BenchError, DecodeReport, PlotText};
+    use super::{DecodeReport, Point};
+    use crate::figure::text::{HAlign, Label, VAlign};
+    use crate::figure::{self, nice_ticks};
 
     const WIDTH: u32 = 1400;
     const HEIGHT: u32 = 580;
+    const INK: (u8, u8, u8) = (30, 30, 30);
 
-    /// Whether fontconfig finds a sans-serif font that plotters can rasterise.
-    pub fn system_font_available() -> bool {
-        ("sans-serif", 14).into_font().box_size("0").is_ok()
-    }
-
-    /// Write the figure as PNG and SVG. The SVG always uses `<text>` elements (no font is
-    /// needed to write them); the PNG uses the system font or the built-in bitmap font.
-    pub fn decode_plots(
-        report: &DecodeReport,
-        png: &Path,
-        svg: &Path,
-        text: PlotText,
-    ) -> Result<(), BenchError> {
-        let png_glyphs = match text {
-            PlotText::System => Glyphs::System,
-            PlotText::Builtin => Glyphs::Builtin,
-            PlotText::Auto if system_font_available() => Glyphs::System,
-            PlotText::Auto => Glyphs::Builtin,
-        };
-        let err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |message: String| BenchError::Write { path, message }
-        };
-        {
-            let root = BitMapBackend::new(png, (WIDTH, HEIGHT)).into_drawing_area();
-            draw(&root, report, png_glyphs).map_err(err(png))?;
-            root.present().map_err(|e| err(png)(format!("{e:?}")))?;
-        }
-        {
-            let root = SVGBackend::new(svg, (WIDTH, HEIGHT)).into_drawing_area();
-            draw(&root, report, Glyphs::System).map_err(err(svg))?;
-            root.present().map_err(|e| err(svg)(format!("{e:?}")))?;
-        }
-        Ok(())
-    }
-
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    enum Glyphs {
-        System,
-        Builtin,
-    }
-
-    type Area<DB> = DrawingArea<DB, Shift>;
+    pub struct DecodeFigure<'a>(pub &'a DecodeReport);
 
     /// One arm's line: `(log2 context, value)` points.
     struct Series {
@@ -747,128 +697,105 @@ pub mod plot {
         format!("{e:?}")
     }
 
-    /// One colour per arm, fixed by name so figures are comparable.
-    fn colour(name: &str, i: usize) -> RGBColor {
-        match name {
-            "mla" => RGBColor(31, 119, 180),
-            "mla-naive" => RGBColor(148, 103, 189),
-            "mha" => RGBColor(214, 39, 40),
-            "gqa" => RGBColor(255, 127, 14),
-            "mqa" => RGBColor(44, 160, 44),
-            _ => {
-                const OTHER: [RGBColor; 4] = [
-                    RGBColor(140, 86, 75),
-                    RGBColor(227, 119, 194),
-                    RGBColor(127, 127, 127),
-                    RGBColor(23, 190, 207),
-                ];
-                OTHER[i % OTHER.len()]
-            }
+    /// A label anchored at `pos` in `area`'s own pixels.
+    fn label<DB: DrawingBackend>(
+        area: &DrawingArea<DB, Shift>,
+        text: &str,
+        (x, y): (i32, i32),
+        size: f64,
+        h: HAlign,
+        v: VAlign,
+    ) -> Label {
+        let (bx, by) = area.get_base_pixel();
+        Label::new(text, ((bx + x) as f64, (by + y) as f64), size)
+            .align(h, v)
+            .color(INK)
+    }
+
+    impl figure::Figure for DecodeFigure<'_> {
+        fn size(&self) -> (u32, u32) {
+            (WIDTH, HEIGHT)
+        }
+
+        fn draw<DB: DrawingBackend>(
+            &self,
+            root: &DrawingArea<DB, Shift>,
+        ) -> Result<Vec<Label>, String> {
+            let report = self.0;
+            root.fill(&WHITE).map_err(e)?;
+            let mut labels = vec![];
+            let (top, body) = root.split_vertically(44);
+            let title = format!(
+                "Decode with a KV cache: {} | batch {} | {} decode tokens | {}",
+                report.source, report.batch, report.decode_tokens, report.device
+            );
+            let (w, _) = top.dim_in_pixel();
+            labels.push(label(
+                &top,
+                &title,
+                (w as i32 / 2, 24),
+                20.0,
+                HAlign::Center,
+                VAlign::Center,
+            ));
+            let panels = body.split_evenly((1, 2));
+            let series = |f: &dyn Fn(&Point) -> f64| -> Vec<Series> {
+                report
+                    .arms
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| Series {
+                        name: a.name.clone(),
+                        colour: figure::attention_colour(&a.name)
+                            .unwrap_or(figure::PALETTE[i % figure::PALETTE.len()]),
+                        points: a
+                            .points
+                            .iter()
+                            .map(|p| ((p.context as f64).log2(), f(p)))
+                            .collect(),
+                    })
+                    .collect()
+            };
+            let speed = series(&|p| p.decode_tokens_per_s);
+            let cache = series(&|p| p.cache_mb);
+            let contexts = &report.contexts;
+            panel(
+                &panels[0],
+                contexts,
+                &speed,
+                "decode tokens/s (higher is better)",
+                false,
+                &mut labels,
+            )?;
+            panel(
+                &panels[1],
+                contexts,
+                &cache,
+                "KV cache held (MB)",
+                true,
+                &mut labels,
+            )?;
+            Ok(labels)
         }
     }
 
-    fn draw<DB: DrawingBackend>(
-        root: &Area<DB>,
-        report: &DecodeReport,
-        glyphs: Glyphs,
-    ) -> Result<(), String> {
-        root.fill(&WHITE).map_err(e)?;
-        let (top, body) = root.split_vertically(44);
-        let title = format!(
-            "Decode with a KV cache: {} | batch {} | {} decode tokens | {}",
-            report.source, report.batch, report.decode_tokens, report.device
-        );
-        let (w, _) = top.dim_in_pixel();
-        text(
-            &top,
-            glyphs,
-            &title,
-            (w as i32 / 2, 24),
-            20,
-            HPos::Center,
-            VPos::Center,
-        )?;
-        let panels = body.split_evenly((1, 2));
-        let series = |f: &dyn Fn(&super::Point) -> f64| -> Vec<Series> {
-            report
-                .arms
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    let pts = a
-                        .points
-                        .iter()
-                        .map(|p| ((p.context as f64).log2(), f(p)))
-                        .collect();
-                    Series {
-                        name: a.name.clone(),
-                        colour: colour(&a.name, i),
-                        points: pts,
-                    }
-                })
-                .collect()
-        };
-        panel(
-            &panels[0],
-            glyphs,
-            &report.contexts,
-            &series(&|p| p.decode_tokens_per_s),
-            "decode tokens/s (higher is better)",
-            false,
-        )?;
-        panel(
-            &panels[1],
-            glyphs,
-            &report.contexts,
-            &series(&|p| p.cache_mb),
-            "KV cache held (MB)",
-            true,
-        )?;
-        Ok(())
-    }
-
-    /// Ticks from 0 at a 1/2/5 x 10^n step, the last one at or above `max`.
-    fn nice_ticks(max: f64) -> (Vec<f64>, usize) {
-        let max = if max > 0.0 && max.is_finite() {
-            max
-        } else {
-            1.0
-        };
-        let raw = max / 5.0;
-        let mag = 10f64.powf(raw.log10().floor());
-        let step = [1.0, 2.0, 2.5, 5.0, 10.0]
-            .into_iter()
-            .map(|m| m * mag)
-            .find(|s| *s >= raw)
-            .unwrap_or(10.0 * mag);
-        // The fewest decimals that show the step exactly (2.5 -> 1, 0.25 -> 2).
-        let decimals = (0..10)
-            .find(|&d| {
-                let s = step * 10f64.powi(d);
-                (s - s.round()).abs() < 1e-6 * s.max(1.0)
-            })
-            .unwrap_or(6) as usize;
-        let n = (max / step).ceil() as usize;
-        ((0..=n).map(|i| i as f64 * step).collect(), decimals)
-    }
-
     fn panel<DB: DrawingBackend>(
-        area: &Area<DB>,
-        glyphs: Glyphs,
+        area: &DrawingArea<DB, Shift>,
         contexts: &[usize],
         series: &[Series],
         title: &str,
         legend: bool,
+        labels: &mut Vec<Label>,
     ) -> Result<(), String> {
         let (ml, mr, mt, mb) = (86, 24, 40, 60);
         let (_, h) = area.dim_in_pixel();
-        let y_max = series
+        let y_top = series
             .iter()
             .flat_map(|s| s.points.iter().map(|p| p.1))
             .fold(0.0, f64::max)
+            .max(1e-9)
             * 1.08;
-        let (yticks, decimals) = nice_ticks(y_max);
-        let y_top = *yticks.last().expect("at least one tick");
+        let (yticks, decimals) = nice_ticks(0.0, y_top, 5);
         let lo = (contexts[0] as f64).log2();
         let hi = (contexts[contexts.len() - 1] as f64).log2();
         let pad = ((hi - lo) * 0.06).max(0.5);
@@ -887,16 +814,29 @@ pub mod plot {
         };
         let (x0, y0) = at(lo - pad, 0.0);
         let (x1, y1) = at(hi + pad, y_top);
-        let xlabels: Vec<(String, (i32, i32))> = contexts
-            .iter()
-            .map(|&c| (c.to_string(), at((c as f64).log2(), 0.0)))
-            .collect();
-        let ylabels: Vec<(String, (i32, i32))> = yticks
-            .iter()
-            .map(|&v| (format!("{v:.decimals$}"), at(lo - pad, v)))
-            .collect();
+        for &c in contexts {
+            let (x, y) = at((c as f64).log2(), 0.0);
+            labels.push(label(
+                area,
+                &c.to_string(),
+                (x, y + 8),
+                14.0,
+                HAlign::Center,
+                VAlign::Top,
+            ));
+        }
+        for &v in &yticks {
+            let (x, y) = at(lo - pad, v);
+            labels.push(label(
+                area,
+                &format!("{v:.decimals$}"),
+                (x - 8, y),
+                14.0,
+                HAlign::Right,
+                VAlign::Center,
+            ));
+        }
         let grid = RGBColor(225, 225, 225);
-        let axis = RGBColor(60, 60, 60);
         let mut lines = Vec::new();
         for &c in contexts {
             let x = (c as f64).log2();
@@ -908,12 +848,14 @@ pub mod plot {
         chart
             .draw_series(lines.into_iter().map(|l| PathElement::new(l, grid)))
             .map_err(e)?;
-        area.draw(&Rectangle::new([(x0, y1), (x1, y0)], axis))
+        area.draw(&Rectangle::new([(x0, y1), (x1, y0)], RGBColor(60, 60, 60)))
             .map_err(e)?;
         for s in series {
-            let style = s.colour.stroke_width(2);
             chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), style))
+                .draw_series(LineSeries::new(
+                    s.points.iter().copied(),
+                    s.colour.stroke_width(2),
+                ))
                 .map_err(e)?;
             chart
                 .draw_series(
@@ -923,51 +865,32 @@ pub mod plot {
                 )
                 .map_err(e)?;
         }
-        for (label, (x, y)) in &xlabels {
-            text(
-                area,
-                glyphs,
-                label,
-                (*x, y + 8),
-                14,
-                HPos::Center,
-                VPos::Top,
-            )?;
-        }
-        for (label, (x, y)) in &ylabels {
-            text(
-                area,
-                glyphs,
-                label,
-                (x - 8, *y),
-                14,
-                HPos::Right,
-                VPos::Center,
-            )?;
-        }
-        text(
+        let mid = (x0 + x1) / 2;
+        labels.push(label(
             area,
-            glyphs,
             "context (tokens, log2 scale)",
-            ((x0 + x1) / 2, h as i32 - 20),
-            16,
-            HPos::Center,
-            VPos::Center,
-        )?;
-        text(
+            (mid, h as i32 - 20),
+            16.0,
+            HAlign::Center,
+            VAlign::Center,
+        ));
+        labels.push(label(
             area,
-            glyphs,
             title,
-            ((x0 + x1) / 2, 20),
-            17,
-            HPos::Center,
-            VPos::Center,
-        )?;
+            (mid, 20),
+            17.0,
+            HAlign::Center,
+            VAlign::Center,
+        ));
         if legend {
             let row = 22;
-            let longest = series.iter().map(|s| s.name.len()).max().unwrap_or(0) as i32;
+            let size = 15.0;
+            let longest = series
+                .iter()
+                .map(|s| crate::figure::text::width(&s.name, size))
+                .fold(0.0, f64::max) as i32;
             let (bx, by) = (x0 + 14, y1 + 12);
-            let bw = 54 + longest * 10;
+            let bw = 56 + longest;
             let bh = row * series.len() as i32 + 10;
             area.draw(&Rectangle::new(
                 [(bx, by), (bx + bw, by + bh)],
@@ -988,167 +911,16 @@ pub mod plot {
                 .map_err(e)?;
                 area.draw(&Circle::new((bx + 22, y), 4, s.colour.filled()))
                     .map_err(e)?;
-                text(
+                labels.push(label(
                     area,
-                    glyphs,
                     &s.name,
                     (bx + 44, y),
-                    15,
-                    HPos::Left,
-                    VPos::Center,
-                )?;
+                    size,
+                    HAlign::Left,
+                    VAlign::Center,
+                ));
             }
         }
         Ok(())
-    }
-
-    /// Draw `s` with its anchor point at `pos` (area pixels), `size` pixels tall.
-    fn text<DB: DrawingBackend>(
-        area: &Area<DB>,
-        glyphs: Glyphs,
-        s: &str,
-        pos: (i32, i32),
-        size: u32,
-        h: HPos,
-        v: VPos,
-    ) -> Result<(), String> {
-        match glyphs {
-            Glyphs::System => {
-                let style = ("sans-serif", size)
-                    .into_font()
-                    .color(&RGBColor(30, 30, 30))
-                    .pos(Pos::new(h, v));
-                area.draw(&Text::new(s.to_string(), pos, style)).map_err(e)
-            }
-            Glyphs::Builtin => builtin_text(area, s, pos, size, h, v),
-        }
-    }
-
-    /// Text in the 5x7 bitmap font below, each font pixel a `scale` x `scale` square.
-    fn builtin_text<DB: DrawingBackend>(
-        area: &Area<DB>,
-        s: &str,
-        pos: (i32, i32),
-        size: u32,
-        h: HPos,
-        v: VPos,
-    ) -> Result<(), String> {
-        let scale = ((size / 7) as i32).max(1);
-        let n = s.chars().count() as i32;
-        let width = (6 * n - 1).max(0) * scale;
-        let height = 7 * scale;
-        let x0 = match h {
-            HPos::Left => pos.0,
-            HPos::Center => pos.0 - width / 2,
-            HPos::Right => pos.0 - width,
-        };
-        let y0 = match v {
-            VPos::Top => pos.1,
-            VPos::Center => pos.1 - height / 2,
-            VPos::Bottom => pos.1 - height,
-        };
-        let ink = RGBColor(30, 30, 30).filled();
-        let mut squares = Vec::new();
-        for (i, c) in s.chars().enumerate() {
-            let rows = glyph(c);
-            for (r, bits) in rows.split('|').enumerate() {
-                for (col, b) in bits.bytes().enumerate() {
-                    if b == b'#' {
-                        let x = x0 + (6 * i as i32 + col as i32) * scale;
-                        let y = y0 + r as i32 * scale;
-                        squares.push(Rectangle::new([(x, y), (x + scale, y + scale)], ink));
-                    }
-                }
-            }
-        }
-        for sq in &squares {
-            area.draw(sq).map_err(e)?;
-        }
-        Ok(())
-    }
-
-    /// Rows of a 5x7 glyph, top to bottom, `#` = ink. Lowercase is drawn as uppercase;
-    /// characters without a glyph as a hollow box.
-    fn glyph(c: char) -> &'static str {
-        match c.to_ascii_uppercase() {
-            '0' => ".###.|#...#|#..##|#.#.#|##..#|#...#|.###.",
-            '1' => "..#..|.##..|..#..|..#..|..#..|..#..|.###.",
-            '2' => ".###.|#...#|....#|...#.|..#..|.#...|#####",
-            '3' => "####.|....#|....#|.###.|....#|....#|####.",
-            '4' => "...#.|..##.|.#.#.|#..#.|#####|...#.|...#.",
-            '5' => "#####|#....|####.|....#|....#|#...#|.###.",
-            '6' => "..##.|.#...|#....|####.|#...#|#...#|.###.",
-            '7' => "#####|....#|...#.|..#..|.#...|.#...|.#...",
-            '8' => ".###.|#...#|#...#|.###.|#...#|#...#|.###.",
-            '9' => ".###.|#...#|#...#|.####|....#|...#.|.##..",
-            'A' => ".###.|#...#|#...#|#####|#...#|#...#|#...#",
-            'B' => "####.|#...#|#...#|####.|#...#|#...#|####.",
-            'C' => ".###.|#...#|#....|#....|#....|#...#|.###.",
-            'D' => "###..|#..#.|#...#|#...#|#...#|#..#.|###..",
-            'E' => "#####|#....|#....|####.|#....|#....|#####",
-            'F' => "#####|#....|#....|####.|#....|#....|#....",
-            'G' => ".###.|#...#|#....|#.###|#...#|#...#|.####",
-            'H' => "#...#|#...#|#...#|#####|#...#|#...#|#...#",
-            'I' => ".###.|..#..|..#..|..#..|..#..|..#..|.###.",
-            'J' => "..###|...#.|...#.|...#.|...#.|#..#.|.##..",
-            'K' => "#...#|#..#.|#.#..|##...|#.#..|#..#.|#...#",
-            'L' => "#....|#....|#....|#....|#....|#....|#####",
-            'M' => "#...#|##.##|#.#.#|#.#.#|#...#|#...#|#...#",
-            'N' => "#...#|#...#|##..#|#.#.#|#..##|#...#|#...#",
-            'O' => ".###.|#...#|#...#|#...#|#...#|#...#|.###.",
-            'P' => "####.|#...#|#...#|####.|#....|#....|#....",
-            'Q' => ".###.|#...#|#...#|#...#|#.#.#|#..#.|.##.#",
-            'R' => "####.|#...#|#...#|####.|#.#..|#..#.|#...#",
-            'S' => ".####|#....|#....|.###.|....#|....#|####.",
-            'T' => "#####|..#..|..#..|..#..|..#..|..#..|..#..",
-            'U' => "#...#|#...#|#...#|#...#|#...#|#...#|.###.",
-            'V' => "#...#|#...#|#...#|#...#|#...#|.#.#.|..#..",
-            'W' => "#...#|#...#|#...#|#.#.#|#.#.#|#.#.#|.#.#.",
-            'X' => "#...#|#...#|.#.#.|..#..|.#.#.|#...#|#...#",
-            'Y' => "#...#|#...#|.#.#.|..#..|..#..|..#..|..#..",
-            'Z' => "#####|....#|...#.|..#..|.#...|#....|#####",
-            ' ' => ".....|.....|.....|.....|.....|.....|.....",
-            '.' => ".....|.....|.....|.....|.....|.##..|.##..",
-            ',' => ".....|.....|.....|.....|.##..|..#..|.#...",
-            '-' => ".....|.....|.....|.###.|.....|.....|.....",
-            '_' => ".....|.....|.....|.....|.....|.....|#####",
-            '/' => ".....|....#|...#.|..#..|.#...|#....|.....",
-            '(' => "...#.|..#..|.#...|.#...|.#...|..#..|...#.",
-            ')' => ".#...|..#..|...#.|...#.|...#.|..#..|.#...",
-            '%' => "##...|##..#|...#.|..#..|.#...|#..##|...##",
-            ':' => ".....|.##..|.##..|.....|.##..|.##..|.....",
-            '+' => ".....|..#..|..#..|#####|..#..|..#..|.....",
-            '=' => ".....|.....|#####|.....|#####|.....|.....",
-            '|' => "..#..|..#..|..#..|..#..|..#..|..#..|..#..",
-            '@' => ".###.|#...#|#.###|#.#.#|#.###|#....|.###.",
-            _ => "#####|#...#|#...#|#...#|#...#|#...#|#####",
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn ticks_cover_the_maximum_with_round_steps() {
-            let (t, d) = nice_ticks(93.0);
-            assert_eq!(t, vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]);
-            assert_eq!(d, 0);
-            let (t, d) = nice_ticks(0.37);
-            assert_eq!(*t.last().unwrap(), 0.4);
-            assert_eq!(d, 1);
-            let (t, d) = nice_ticks(0.0011);
-            assert!(*t.last().unwrap() >= 0.0011 && t.len() <= 7, "{t:?}");
-            assert!(d >= 4, "{d}");
-        }
-
-        #[test]
-        fn every_glyph_is_5x7() {
-            for c in (32u8..127).map(char::from) {
-                let rows: Vec<&str> = glyph(c).split('|').collect();
-                assert_eq!(rows.len(), 7, "{c:?}");
-                assert!(rows.iter().all(|r| r.len() == 5), "{c:?}");
-            }
-        }
     }
 }

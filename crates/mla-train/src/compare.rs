@@ -13,7 +13,6 @@
 //! a warning names what differs and the table marks them with `!`.
 
 mod plot;
-pub mod text;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -411,7 +411,8 @@ fn last_logits(model: &Lm, seq: &[u32], cache: Option<&mut KvCache>) -> Vec<f32>
         None => {
             let all = model.forward(tokens); // [1, t, vocab]
             let t = all.dims()[1];
-            all.slice_dim(1, t - 1..t).reshape([1, model.config().vocab_size])
+            all.slice_dim(1, t - 1..t)
+                .reshape([1, model.config().vocab_size])
         }
     };
     let v = model.config().vocab_size;

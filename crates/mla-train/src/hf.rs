@@ -56,7 +56,11 @@ pub fn export(
             arch: arch.class_name(),
         });
     }
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         return Err(ExportError::Exists(out.to_path_buf()));
     }
     let io = |path: &Path| {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod figure;
 pub mod generate;
 pub mod hf;
 pub mod metrics;

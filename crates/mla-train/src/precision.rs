@@ -41,8 +41,14 @@ mod tests {
         let device = Device::flex().autodiff();
         device.seed(3);
         let model = Lm::new(&ModelConfig::preset("tiny-mla").unwrap(), &device);
-        let x = Tensor::<2, Int>::from_data(TensorData::new((0..32i64).collect::<Vec<_>>(), [2, 16]), &device);
-        let y = Tensor::<2, Int>::from_data(TensorData::new((1..33i64).collect::<Vec<_>>(), [2, 16]), &device);
+        let x = Tensor::<2, Int>::from_data(
+            TensorData::new((0..32i64).collect::<Vec<_>>(), [2, 16]),
+            &device,
+        );
+        let y = Tensor::<2, Int>::from_data(
+            TensorData::new((1..33i64).collect::<Vec<_>>(), [2, 16]),
+            &device,
+        );
         let grad_of = |view: &Lm| {
             let loss = view.loss(x.clone(), y.clone());
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -57,7 +63,14 @@ mod tests {
         assert_eq!(bf16.embed_tokens.weight.id, model.embed_tokens.weight.id);
         let (g16, g32) = (grad_of(&bf16), grad_of(&model));
         let scale = g32.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = g16.iter().zip(&g32).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(scale > 0.0 && worst < 0.05 * scale, "bf16 grads off by {worst} (scale {scale})");
+        let worst = g16
+            .iter()
+            .zip(&g32)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            scale > 0.0 && worst < 0.05 * scale,
+            "bf16 grads off by {worst} (scale {scale})"
+        );
     }
 }

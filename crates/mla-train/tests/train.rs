@@ -25,8 +25,14 @@ fn wait_for_step(child: &mut Child, run_dir: &Path, step: u64) {
         if reached {
             return;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before step {step}");
-        assert!(Instant::now() < deadline, "timed out waiting for step {step}");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before step {step}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for step {step}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -43,7 +49,12 @@ fn val_losses(run_dir: &Path) -> Vec<(u64, u32)> {
     metrics(run_dir)
         .iter()
         .filter(|r| r.get("val_loss").is_some())
-        .map(|r| (r["step"].as_u64().unwrap(), (r["val_loss"].as_f64().unwrap() as f32).to_bits()))
+        .map(|r| {
+            (
+                r["step"].as_u64().unwrap(),
+                (r["val_loss"].as_f64().unwrap() as f32).to_bits(),
+            )
+        })
         .collect()
 }
 
@@ -61,7 +72,11 @@ fn tensorboard_scalars(dir: &Path) -> Vec<(String, i64, f32)> {
             at += 12 + len + 4;
             let event = tensorboard_proto::event::Event::parse_from_bytes(payload).unwrap();
             for v in event.get_summary().get_value() {
-                out.push((v.get_tag().to_string(), event.get_step(), v.get_simple_value()));
+                out.push((
+                    v.get_tag().to_string(),
+                    event.get_step(),
+                    v.get_simple_value(),
+                ));
             }
         }
     }
@@ -75,7 +90,10 @@ fn debug_run_end_to_end() {
     let run = tmp.path().join("run");
     let out = run_ok(train_cmd(&data, &run, &[]));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("done") && stdout.contains("val loss"), "{stdout}");
+    assert!(
+        stdout.contains("done") && stdout.contains("val loss"),
+        "{stdout}"
+    );
 
     // The resolved config is saved and takes its vocabulary from the tokenizer.
     let cfg = RunConfig::from_resolved_file(&run.join("config.toml")).unwrap();
@@ -124,7 +142,15 @@ fn debug_run_end_to_end() {
     // `mla eval` on the same windows reproduces the final validation loss exactly.
     let out = run_ok({
         let mut c = mla();
-        c.args(["eval", run.to_str().unwrap(), "--data", &data.val, "--batches", "4", "--json"]);
+        c.args([
+            "eval",
+            run.to_str().unwrap(),
+            "--data",
+            &data.val,
+            "--batches",
+            "4",
+            "--json",
+        ]);
         c.args(["--device", &common::test_device()]);
         c
     });
@@ -154,9 +180,15 @@ fn resume_after_sigkill_is_bit_exact() {
     let status = child.wait().unwrap();
     assert!(!status.success(), "the run was not killed");
     let resumed_from = latest_checkpoint_step(&cut);
-    assert!((10..40).contains(&resumed_from), "checkpoint at {resumed_from}");
+    assert!(
+        (10..40).contains(&resumed_from),
+        "checkpoint at {resumed_from}"
+    );
     let logged: u64 = train_losses(&cut).last().unwrap().0;
-    assert!(logged > resumed_from, "some steps must be redone ({logged} vs {resumed_from})");
+    assert!(
+        logged > resumed_from,
+        "some steps must be redone ({logged} vs {resumed_from})"
+    );
 
     let mut resume = train_cmd(&data, &cut, &sets);
     resume.arg("--resume");
@@ -192,7 +224,11 @@ fn ctrl_c_checkpoints_and_resume_continues() {
     assert!(out.status.success(), "Ctrl-C must exit cleanly");
     assert!(String::from_utf8_lossy(&out.stdout).contains("interrupted"));
     let saved = latest_checkpoint_step(&cut);
-    assert_eq!(saved, train_losses(&cut).last().unwrap().0, "checkpoint at the last step");
+    assert_eq!(
+        saved,
+        train_losses(&cut).last().unwrap().0,
+        "checkpoint at the last step"
+    );
     assert!(saved < 40);
 
     let mut resume = train_cmd(&data, &cut, &sets);
@@ -219,7 +255,10 @@ fn a_half_written_checkpoint_is_skipped() {
     resume.arg("--resume");
     run_ok(resume);
     assert_eq!(train_losses(&broken), train_losses(&whole));
-    assert!(!ckpts.join(".tmp-step_30-999999").exists(), "leftovers are cleaned up");
+    assert!(
+        !ckpts.join(".tmp-step_30-999999").exists(),
+        "leftovers are cleaned up"
+    );
 }
 
 #[test]
@@ -232,32 +271,52 @@ fn finetune_starts_from_the_weights_and_checks_the_architecture() {
 
     let ft = tmp.path().join("ft");
     let mut c = mla();
-    c.args(["finetune", common::debug_config().to_str().unwrap(), "--from"])
-        .arg(&base)
-        .arg("--run-dir")
-        .arg(&ft);
+    c.args([
+        "finetune",
+        common::debug_config().to_str().unwrap(),
+        "--from",
+    ])
+    .arg(&base)
+    .arg("--run-dir")
+    .arg(&ft);
     for s in data.sets() {
         c.arg("--set").arg(s);
     }
-    c.arg("--set").arg(format!("train.device={}", common::test_device()));
-    for s in ["train.max_steps=3", "optim.lr=1e-4", "schedule.min_lr=1e-5", "schedule.warmup_steps=0"] {
+    c.arg("--set")
+        .arg(format!("train.device={}", common::test_device()));
+    for s in [
+        "train.max_steps=3",
+        "optim.lr=1e-4",
+        "schedule.min_lr=1e-5",
+        "schedule.warmup_steps=0",
+    ] {
         c.arg("--set").arg(s);
     }
     run_ok(c);
     let first = f32::from_bits(train_losses(&ft)[0].1);
     // Fresh weights start at ~ln(300) = 5.7; the fine-tune starts where the base ended.
-    assert!((first - base_last).abs() < 0.5, "fine-tune starts at {first}, base ended at {base_last}");
+    assert!(
+        (first - base_last).abs() < 0.5,
+        "fine-tune starts at {first}, base ended at {base_last}"
+    );
     let cfg = RunConfig::from_resolved_file(&ft.join("config.toml")).unwrap();
-    assert_eq!(cfg.checkpoint.init_from.as_deref(), Some(base.to_str().unwrap()));
+    assert_eq!(
+        cfg.checkpoint.init_from.as_deref(),
+        Some(base.to_str().unwrap())
+    );
 
     // A different architecture is refused, naming the fields.
     let bad = tmp.path().join("bad");
     let mut c = train_cmd(&data, &bad, &["model.n_layers=3", "model.d_ff=96"]);
-    c.arg("--set").arg(format!("checkpoint.init_from={}", base.display()));
+    c.arg("--set")
+        .arg(format!("checkpoint.init_from={}", base.display()));
     let out = c.output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("n_layers: 2 vs 3") && err.contains("d_ff: 160 vs 96"), "{err}");
+    assert!(
+        err.contains("n_layers: 2 vs 3") && err.contains("d_ff: 160 vs 96"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -308,7 +367,12 @@ fn a_nan_loss_stops_the_run_naming_the_step_and_the_last_good_checkpoint() {
     let out = train_cmd(
         &data,
         &run,
-        &["optim.lr=1e30", "schedule.warmup_steps=0", "checkpoint.every=1", "optim.grad_clip=0"],
+        &[
+            "optim.lr=1e30",
+            "schedule.warmup_steps=0",
+            "checkpoint.every=1",
+            "optim.grad_clip=0",
+        ],
     )
     .output()
     .unwrap();

@@ -235,8 +235,8 @@ impl MultiHeadLatentAttention {
         let q = Tensor::cat(vec![q_latent, q_pe], 3).reshape([b, 1, h * t, r + rope_d]);
         // The latents are keys and values at once. Passing all r + rope columns as values and
         // dropping the rope part of the output avoids copying a column slice of the cache.
-        let ctx = causal_attention_folded(q, latents.clone(), latents, self.scale, t)
-            .slice_dim(3, 0..r); // [b, 1, h * t, r]
+        let ctx =
+            causal_attention_folded(q, latents.clone(), latents, self.scale, t).slice_dim(3, 0..r); // [b, 1, h * t, r]
         // W_UV into the output: [b, 1, h * t, r] -> [b, h, t, r] @ [1, h, r, v] -> [b, h, t, v]
         ctx.reshape([b, h, t, r]).matmul(w_uv)
     }

@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use mla_model::{ModelConfig, ModelSection};
-use mla_train::bench::{
-    self, ArmKind, DecodeOptions, PlotText, arms_from_checkpoint, arms_from_config,
-};
+use mla_train::bench::{self, ArmKind, DecodeOptions, arms_from_checkpoint, arms_from_config};
 use mla_train::checkpoint::Checkpoint;
 
 #[derive(clap::Args)]
@@ -211,7 +209,7 @@ fn decode(args: DecodeArgs) -> anyhow::Result<()> {
     let report = bench::run_decode(&source, &arms, &opts, &device, &device_name, |line| {
         eprintln!("{line}")
     })?;
-    report.write(&args.out, PlotText::Auto)?;
+    report.write(&args.out)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -38,7 +38,10 @@ pub struct LogitsArgs {
 
 pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
     if args.format != "hf" {
-        bail!("unknown --format {:?}; the only format is \"hf\"", args.format);
+        bail!(
+            "unknown --format {:?}; the only format is \"hf\"",
+            args.format
+        );
     }
     let ckpt = Checkpoint::open(&args.checkpoint)?;
     let cfg = ckpt.config()?;
@@ -48,7 +51,10 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
     let tokenizer = tokenizer.filter(|t| {
         let ok = t.exists();
         if !ok {
-            eprintln!("warning: tokenizer {} not found; exporting without tokenizer.json", t.display());
+            eprintln!(
+                "warning: tokenizer {} not found; exporting without tokenizer.json",
+                t.display()
+            );
         }
         ok
     });
@@ -80,16 +86,26 @@ pub fn run_logits(args: LogitsArgs) -> anyhow::Result<()> {
         None => args.ids.clone(),
     };
     if ids.is_empty() || ids.len() > cfg.model.max_seq_len {
-        bail!("need 1..={} tokens, got {}", cfg.model.max_seq_len, ids.len());
+        bail!(
+            "need 1..={} tokens, got {}",
+            cfg.model.max_seq_len,
+            ids.len()
+        );
     }
     if let Some(bad) = ids.iter().find(|&&i| i as usize >= cfg.model.vocab_size) {
-        bail!("token id {bad} is outside the vocabulary ({})", cfg.model.vocab_size);
+        bail!(
+            "token id {bad} is outside the vocabulary ({})",
+            cfg.model.vocab_size
+        );
     }
     let device = mla_train::device::parse("cpu")?.device()?;
     let model = ckpt.load_model(&cfg.model, &device)?;
     let t = ids.len();
     let input: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-    let logits = model.forward(Tensor::<2, Int>::from_data(TensorData::new(input, [1, t]), &device));
+    let logits = model.forward(Tensor::<2, Int>::from_data(
+        TensorData::new(input, [1, t]),
+        &device,
+    ));
     let v = cfg.model.vocab_size;
     let mut out = BTreeMap::new();
     out.insert(
@@ -103,7 +119,10 @@ pub fn run_logits(args: LogitsArgs) -> anyhow::Result<()> {
         "logits".to_string(),
         HfTensor {
             shape: vec![1, t, v],
-            data: logits.into_data().try_into_vec::<f32>().expect("f32 logits"),
+            data: logits
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32 logits"),
         },
     );
     let meta = HashMap::from([("checkpoint".to_string(), ckpt.dir.display().to_string())]);
@@ -124,10 +143,20 @@ fn write_with_int_ids(
         .iter()
         .flat_map(|&x| (x as i64).to_le_bytes())
         .collect();
-    let logits: Vec<u8> = tensors["logits"].data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let logits: Vec<u8> = tensors["logits"]
+        .data
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
     let views = vec![
-        ("input_ids", TensorView::new(Dtype::I64, tensors["input_ids"].shape.clone(), &ids)?),
-        ("logits", TensorView::new(Dtype::F32, tensors["logits"].shape.clone(), &logits)?),
+        (
+            "input_ids",
+            TensorView::new(Dtype::I64, tensors["input_ids"].shape.clone(), &ids)?,
+        ),
+        (
+            "logits",
+            TensorView::new(Dtype::F32, tensors["logits"].shape.clone(), &logits)?,
+        ),
     ];
     safetensors::serialize_to_file(views, Some(meta), path)
         .with_context(|| format!("writing {}", path.display()))

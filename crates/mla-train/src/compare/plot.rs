@@ -1,14 +1,15 @@
 //! The comparison figure: loss against tokens seen (left) and against wall time (right), one
 //! colour per group, train loss solid with a min-max band over seeds, validation loss dashed
-//! with dots. plotters draws the lines; the text comes from [`super::text`] (see there why).
+//! with dots. plotters draws the lines; the text comes from [`crate::figure::text`] (see there why).
 
 use std::path::Path;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::text::{self, HAlign, Label, VAlign};
 use super::{CompareError, Comparison, CurvePoint, Group};
+use crate::figure::text::{self, HAlign, Label, VAlign};
+use crate::figure::{self, nice_ticks};
 
 const WIDTH: u32 = 1600;
 const HEIGHT: u32 = 640;
@@ -21,57 +22,16 @@ const AXIS_SIZE: f64 = 15.0;
 const LEGEND_SIZE: f64 = 14.0;
 const GREY: (u8, u8, u8) = (90, 90, 90);
 
-/// Write the figure as PNG (text rasterised here) and SVG (text as `<text>` elements).
+/// Write the figure as PNG and SVG (see [`crate::figure::write`]).
 pub fn write(cmp: &Comparison, png: &Path, svg: &Path) -> Result<(), CompareError> {
-    let werr = |path: &Path| {
-        let path = path.to_path_buf();
-        move |message: String| CompareError::Write { path, message }
-    };
-    let fig = Figure::new(cmp);
-
-    // PNG: plotters draws into a buffer, the labels go on top, then the buffer is saved.
-    let mut buf = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
-    let labels = {
-        let root = BitMapBackend::with_buffer(&mut buf, (WIDTH, HEIGHT)).into_drawing_area();
-        let labels = fig.draw(&root).map_err(werr(png))?;
-        root.present().map_err(|e| werr(png)(e.to_string()))?;
-        labels
-    };
-    text::render_rgb(&mut buf, WIDTH, HEIGHT, &labels);
-    let mut out = BitMapBackend::new(png, (WIDTH, HEIGHT));
-    out.blit_bitmap((0, 0), (WIDTH, HEIGHT), &buf)
-        .and_then(|_| out.present())
-        .map_err(|e| werr(png)(e.to_string()))?;
-
-    // SVG: the same drawing, the labels as text elements before the closing tag.
-    let mut doc = String::new();
-    let labels = {
-        let root = SVGBackend::with_string(&mut doc, (WIDTH, HEIGHT)).into_drawing_area();
-        let labels = fig.draw(&root).map_err(werr(svg))?;
-        root.present().map_err(|e| werr(svg)(e.to_string()))?;
-        labels
-    };
-    let end = doc
-        .rfind("</svg>")
-        .ok_or_else(|| werr(svg)("no </svg>".into()))?;
-    doc.insert_str(end, &text::svg_elements(&labels));
-    std::fs::write(svg, doc).map_err(|e| werr(svg)(e.to_string()))
+    figure::write(&Figure::new(cmp), png, svg).map_err(|e| CompareError::Write {
+        path: e.path,
+        message: e.message,
+    })
 }
 
-/// Fixed colours for the attention types (when each group has its own), else a palette.
+/// The project's colour per attention type (when each group has its own), else a palette.
 fn colours(groups: &[Group]) -> Vec<RGBColor> {
-    const PALETTE: [(u8, u8, u8); 10] = [
-        (31, 119, 180),
-        (255, 127, 14),
-        (44, 160, 44),
-        (214, 39, 40),
-        (148, 103, 189),
-        (140, 86, 75),
-        (227, 119, 194),
-        (127, 127, 127),
-        (188, 189, 34),
-        (23, 190, 207),
-    ];
     let mut kinds: Vec<&str> = groups.iter().map(|g| g.attention.as_str()).collect();
     kinds.sort();
     kinds.dedup();
@@ -80,14 +40,10 @@ fn colours(groups: &[Group]) -> Vec<RGBColor> {
         .iter()
         .enumerate()
         .map(|(i, g)| {
-            let (r, gr, b) = match g.attention.as_str() {
-                "mla" if by_kind => (214, 39, 40),
-                "mha" if by_kind => (31, 119, 180),
-                "gqa" if by_kind => (44, 160, 44),
-                "mqa" if by_kind => (255, 127, 14),
-                _ => PALETTE[i % PALETTE.len()],
-            };
-            RGBColor(r, gr, b)
+            let fixed = by_kind
+                .then(|| figure::attention_colour(&g.attention))
+                .flatten();
+            fixed.unwrap_or(figure::PALETTE[i % figure::PALETTE.len()])
         })
         .collect()
 }
@@ -117,23 +73,6 @@ impl Axis {
             title,
         }
     }
-}
-
-/// Ticks at a 1-2-2.5-5 step inside `[lo, hi]`, about `target` of them, and the decimals that
-/// print them exactly.
-pub fn nice_ticks(lo: f64, hi: f64, target: usize) -> (Vec<f64>, usize) {
-    let raw = (hi - lo) / target.max(1) as f64;
-    let mag = 10f64.powf(raw.log10().floor());
-    let (mult, extra) = [(1.0, 0), (2.0, 0), (2.5, 1), (5.0, 0), (10.0, 0)]
-        .into_iter()
-        .find(|(m, _)| m * mag >= raw)
-        .unwrap_or((10.0, 0));
-    let step = mult * mag;
-    let decimals = ((-(step.log10().floor())).max(0.0) as usize + extra).min(9);
-    let first = (lo / step).ceil() as i64;
-    let last = (hi / step + 1e-9).floor() as i64;
-    let ticks = (first..=last).map(|k| k as f64 * step).collect();
-    (ticks, decimals)
 }
 
 /// Scale and unit for an axis of counts or seconds.
@@ -222,6 +161,12 @@ impl<'a> Figure<'a> {
             })
             .collect()
     }
+}
+
+impl figure::Figure for Figure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (WIDTH, HEIGHT)
+    }
 
     /// Draw everything but text; return the text to put on top.
     fn draw<DB: DrawingBackend>(
@@ -284,7 +229,9 @@ impl<'a> Figure<'a> {
         )?;
         Ok(labels)
     }
+}
 
+impl Figure<'_> {
     fn panel<DB: DrawingBackend>(
         &self,
         area: &DrawingArea<DB, Shift>,
@@ -524,18 +471,6 @@ pub fn clip(points: &[(f64, f64)], lo: f64, hi: f64) -> Vec<Vec<(f64, f64)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ticks_are_round_and_inside() {
-        let (t, d) = nice_ticks(0.0, 3.0, 7);
-        assert_eq!(t, vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]);
-        assert_eq!(d, 1);
-        let (t, d) = nice_ticks(3.62, 5.91, 7);
-        assert_eq!((t, d), (vec![4.0, 4.5, 5.0, 5.5], 1));
-        let (t, d) = nice_ticks(0.0, 1.6, 7);
-        assert_eq!(t.len(), 7);
-        assert!((t[1] - 0.25).abs() < 1e-12 && d == 2, "{t:?} {d}");
-    }
 
     #[test]
     fn clipping_cuts_at_the_bounds() {

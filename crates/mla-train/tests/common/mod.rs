@@ -40,9 +40,36 @@ impl Data {
 
 /// Sentences from a small grammar; deterministic for a given seed.
 pub fn synthetic_text(seed: u64, sentences: usize) -> String {
-    const SUBJ: &[&str] = &["the king", "a fool", "my lord", "the queen", "good Horatio", "the ghost", "our army", "this lady"];
-    const VERB: &[&str] = &["speaks of", "remembers", "loves", "fears", "waits for", "betrays", "follows", "praises"];
-    const OBJ: &[&str] = &["the crown", "a letter", "the night", "his father", "the sea", "sweet music", "an old friend", "the castle"];
+    const SUBJ: &[&str] = &[
+        "the king",
+        "a fool",
+        "my lord",
+        "the queen",
+        "good Horatio",
+        "the ghost",
+        "our army",
+        "this lady",
+    ];
+    const VERB: &[&str] = &[
+        "speaks of",
+        "remembers",
+        "loves",
+        "fears",
+        "waits for",
+        "betrays",
+        "follows",
+        "praises",
+    ];
+    const OBJ: &[&str] = &[
+        "the crown",
+        "a letter",
+        "the night",
+        "his father",
+        "the sea",
+        "sweet music",
+        "an old friend",
+        "the castle",
+    ];
     const END: &[&str] = &[".", "!", "?", ", and then is silent.", " in the morning."];
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut pick = |n: usize| {
@@ -54,7 +81,13 @@ pub fn synthetic_text(seed: u64, sentences: usize) -> String {
     let mut text = String::new();
     for i in 0..sentences {
         let subj = SUBJ[pick(SUBJ.len())];
-        let mut sentence = format!("{} {} {}{}", subj, VERB[pick(VERB.len())], OBJ[pick(OBJ.len())], END[pick(END.len())]);
+        let mut sentence = format!(
+            "{} {} {}{}",
+            subj,
+            VERB[pick(VERB.len())],
+            OBJ[pick(OBJ.len())],
+            END[pick(END.len())]
+        );
         sentence[..1].make_ascii_uppercase();
         text.push_str(&sentence);
         text.push(if i % 4 == 3 { '\n' } else { ' ' });
@@ -68,7 +101,11 @@ pub fn data() -> Data {
     let corpus = dir.path().join("corpus");
     std::fs::create_dir_all(&corpus).unwrap();
     for d in 0..24 {
-        std::fs::write(corpus.join(format!("doc{d:02}.txt")), synthetic_text(d, 400)).unwrap();
+        std::fs::write(
+            corpus.join(format!("doc{d:02}.txt")),
+            synthetic_text(d, 400),
+        )
+        .unwrap();
     }
     let tokenizer = dir.path().join("tokenizer.json");
     Tokenizer::train(
@@ -103,7 +140,10 @@ pub fn test_device() -> String {
 /// device.
 pub fn train_cmd(data: &Data, run_dir: &Path, extra: &[&str]) -> Command {
     let mut c = mla();
-    c.arg("train").arg(debug_config()).arg("--run-dir").arg(run_dir);
+    c.arg("train")
+        .arg(debug_config())
+        .arg("--run-dir")
+        .arg(run_dir);
     let device = format!("train.device={}", test_device());
     let sets = data.sets();
     for s in std::iter::once(device.as_str())
@@ -139,6 +179,11 @@ pub fn train_losses(run_dir: &Path) -> Vec<(u64, u32)> {
     metrics(run_dir)
         .iter()
         .filter(|r| r.get("loss").is_some())
-        .map(|r| (r["step"].as_u64().unwrap(), (r["loss"].as_f64().unwrap() as f32).to_bits()))
+        .map(|r| {
+            (
+                r["step"].as_u64().unwrap(),
+                (r["loss"].as_f64().unwrap() as f32).to_bits(),
+            )
+        })
         .collect()
 }

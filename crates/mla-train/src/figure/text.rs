@@ -1,4 +1,4 @@
-//! Text for the comparison figure without any font on the system: glyph outlines of DejaVu
+//! Text for the figures (compare, decode bench) without any font on the system: glyph outlines of DejaVu
 //! Sans compiled into the binary, laid out and rasterised here.
 //!
 //! plotters draws text through fontconfig (its `ttf` feature), which fails on a machine
