@@ -20,7 +20,7 @@ trap 'rm -rf "$work"' EXIT
 cargo build --release --workspace --quiet
 # shellcheck disable=SC1091
 source .venv/libtorch.env
-cargo build --release --workspace --features mla-train/tch --target-dir target-tch --quiet
+cargo build --release -p mla-model -p mla-train --features mla-train/tch --target-dir target-tch --quiet
 
 size_small='d_model = 256
 n_layers = 4

@@ -18,7 +18,7 @@
 # Idempotent: a torch==2.9.0 that imports is left alone. At the end it prints the environment
 # to build with and writes the same lines to .venv/libtorch.env:
 #
-#     source .venv/libtorch.env && cargo build --release --features tch
+#     source .venv/libtorch.env && cargo build --release -p mla-model -p mla-train --features mla-train/tch --target-dir target-tch
 #
 # A machine with its own libtorch: set LIBTORCH (and LIBTORCH_LIB if its lib/ lives elsewhere)
 # before running this; then nothing is installed, only .venv/libtorch.env is written.

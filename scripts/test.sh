@@ -34,7 +34,9 @@ if has tch; then
     scripts/setup-libtorch.sh --cpu
     # shellcheck disable=SC1091
     source .venv/libtorch.env
-    MLA_TEST_DEVICE=tch-cpu cargo test --release --workspace --features mla-train/tch \
-        --target-dir target-tch -p mla-model -p mla-train
+    # The binaries find libtorch through the rpath that build.rs bakes in, not the environment.
+    unset LD_LIBRARY_PATH
+    MLA_TEST_DEVICE=tch-cpu cargo test --release -p mla-model -p mla-train \
+        --features mla-train/tch --target-dir target-tch
 fi
 stamp "all tests passed"

@@ -13,6 +13,8 @@ use burn::tensor::Tensor;
 use crate::accounting::CacheMode;
 use crate::attention::mla::Absorbed;
 
+// One per layer: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 enum State {
     Empty,

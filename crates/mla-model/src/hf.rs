@@ -436,11 +436,12 @@ pub enum HfError {
     },
 }
 
+/// A safetensors file's tensors by name, and its `__metadata__`.
+pub type SafetensorsContents = (BTreeMap<String, HfTensor>, HashMap<String, String>);
+
 /// Read every tensor of a safetensors file as f32 (f32, f64, bf16, f16, i64 and i32 are
 /// accepted), with the file's metadata.
-pub fn read_safetensors(
-    path: &Path,
-) -> Result<(BTreeMap<String, HfTensor>, HashMap<String, String>), HfError> {
+pub fn read_safetensors(path: &Path) -> Result<SafetensorsContents, HfError> {
     let bytes = std::fs::read(path).map_err(|e| HfError::Io {
         path: path.to_path_buf(),
         message: e.to_string(),

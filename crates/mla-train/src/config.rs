@@ -300,6 +300,9 @@ impl RunConfig {
     }
 }
 
+/// Gives the vocabulary size of the tokenizer at a path (or why it cannot).
+pub type VocabOf<'a> = &'a dyn Fn(&Path) -> Result<usize, String>;
+
 /// Read `path`, apply `--set section.key=value` overrides, validate.
 ///
 /// `vocab_from_tokenizer` is asked for the vocabulary size when `[model] vocab_size` is left
@@ -307,7 +310,7 @@ impl RunConfig {
 pub fn load(
     path: &Path,
     overrides: &[String],
-    vocab_from_tokenizer: &dyn Fn(&Path) -> Result<usize, String>,
+    vocab_from_tokenizer: VocabOf,
 ) -> Result<RunConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
         path: path.to_path_buf(),
@@ -386,7 +389,7 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
 fn resolve(
     mut f: RunFile,
     name: String,
-    vocab_from_tokenizer: Option<&dyn Fn(&Path) -> Result<usize, String>>,
+    vocab_from_tokenizer: Option<VocabOf>,
 ) -> Result<RunConfig, ConfigError> {
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
         return Err(invalid(
@@ -440,7 +443,7 @@ fn resolve(
         return Err(invalid("train.micro_batch", "must be positive"));
     }
     let global = t.global_batch.unwrap_or(t.micro_batch);
-    if global == 0 || global % t.micro_batch != 0 {
+    if global == 0 || !global.is_multiple_of(t.micro_batch) {
         return Err(invalid(
             "train.global_batch",
             format!(

@@ -17,7 +17,7 @@ pub enum DeviceError {
     #[error(
         "device {0:?} needs libtorch: this `mla` was built without the `tch` feature. Build with \
          `scripts/setup-libtorch.sh` (add --cpu for the CPU-only libtorch), source .venv/libtorch.env, \
-         then `cargo build --release --features tch --target-dir target-tch` (see README, libtorch)"
+         then `cargo build --release -p mla-model -p mla-train --features mla-train/tch --target-dir target-tch` (see README, libtorch)"
     )]
     NotBuilt(String),
     #[error(
@@ -96,6 +96,6 @@ mod tests {
     #[test]
     fn libtorch_devices_say_how_to_build_for_them() {
         let e = DeviceSpec::Cuda(0).device().unwrap_err();
-        assert!(e.to_string().contains("--features tch"), "{e}");
+        assert!(e.to_string().contains("--features mla-train/tch"), "{e}");
     }
 }

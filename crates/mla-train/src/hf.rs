@@ -49,7 +49,7 @@ pub fn export(
 ) -> Result<(), ExportError> {
     let cfg = model.config();
     let arch = HfArch::of(cfg);
-    if cfg.d_model % cfg.n_heads != 0 {
+    if !cfg.d_model.is_multiple_of(cfg.n_heads) {
         return Err(ExportError::HeadsDoNotDivide {
             d_model: cfg.d_model,
             n_heads: cfg.n_heads,

@@ -177,8 +177,16 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Train
             cfg.checkpoint.keep_last,
         )?)
     };
-    let run_eval = |model: &Lm, step: u64, tokens: u64| -> Option<EvalRecord> {
-        let windows = val.as_ref()?;
+    // Validation loss (when there is val data): logged, and the best so far updated.
+    let eval_at = |model: &Lm,
+                   step: u64,
+                   tokens: u64,
+                   metrics: &mut Metrics,
+                   best_val: &mut Option<f32>|
+     -> Result<Option<f32>, TrainError> {
+        let Some(windows) = val.as_ref() else {
+            return Ok(None);
+        };
         let val_loss = evaluate(
             &model.valid(),
             windows,
@@ -186,13 +194,23 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Train
             Some(cfg.eval.batches),
             &device,
         );
-        Some(EvalRecord {
+        let rec = EvalRecord {
             step,
             tokens,
             val_loss,
             val_ppl: val_loss.exp(),
             elapsed_s: elapsed(),
-        })
+        };
+        metrics.eval(&rec)?;
+        *best_val = Some(best_val.map_or(val_loss, |b| b.min(val_loss)));
+        say(
+            &bar,
+            format!(
+                "step {step:>6} | val loss {val_loss:.4} | val ppl {:.2}",
+                rec.val_ppl
+            ),
+        );
+        Ok(Some(val_loss))
     };
 
     let batcher = TokenBatcher;
@@ -273,20 +291,12 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Train
             interval = (0.0, 0, Instant::now());
         }
 
-        if cfg.eval.every > 0 && step % cfg.eval.every == 0 {
-            if let Some(rec) = run_eval(&model, step, tokens) {
-                metrics.eval(&rec)?;
-                best_val = Some(best_val.map_or(rec.val_loss, |b| b.min(rec.val_loss)));
-                say(
-                    &bar,
-                    format!(
-                        "step {step:>6} | val loss {:.4} | val ppl {:.2}",
-                        rec.val_loss, rec.val_ppl
-                    ),
-                );
-                final_val = Some(rec.val_loss);
-                last_eval_step = Some(step);
-            }
+        if cfg.eval.every > 0
+            && step % cfg.eval.every == 0
+            && let Some(v) = eval_at(&model, step, tokens, &mut metrics, &mut best_val)?
+        {
+            final_val = Some(v);
+            last_eval_step = Some(step);
         }
         if cfg.checkpoint.every > 0 && step % cfg.checkpoint.every == 0 {
             last_checkpoint = Some(save(&model, &optim, &sampler, step, tokens, best_val)?);
@@ -294,19 +304,11 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Train
     }
 
     // The end (or Ctrl-C): evaluate and checkpoint unless this step already did.
-    if !interrupted && last_eval_step != Some(step) {
-        if let Some(rec) = run_eval(&model, step, tokens) {
-            metrics.eval(&rec)?;
-            best_val = Some(best_val.map_or(rec.val_loss, |b| b.min(rec.val_loss)));
-            say(
-                &bar,
-                format!(
-                    "step {step:>6} | val loss {:.4} | val ppl {:.2}",
-                    rec.val_loss, rec.val_ppl
-                ),
-            );
-            final_val = Some(rec.val_loss);
-        }
+    if !interrupted
+        && last_eval_step != Some(step)
+        && let Some(v) = eval_at(&model, step, tokens, &mut metrics, &mut best_val)?
+    {
+        final_val = Some(v);
     }
     let saved_here = last_checkpoint
         .as_ref()

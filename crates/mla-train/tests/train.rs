@@ -193,7 +193,7 @@ fn resume_after_sigkill_is_bit_exact() {
     let mut resume = train_cmd(&data, &cut, &sets);
     resume.arg("--resume");
     let out = run_ok(resume);
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("resuming from")));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from"));
     assert_eq!(train_losses(&cut), train_losses(&whole));
     assert_eq!(val_losses(&cut), val_losses(&whole));
 }
@@ -326,7 +326,7 @@ fn config_errors_are_one_clear_line() {
     let run = tmp.path().join("run");
     // Without libtorch compiled in, CUDA needs another build; with it, there is no GPU here.
     let cuda_needle = if common::test_device() == "cpu" {
-        "--features tch"
+        "--features mla-train/tch"
     } else {
         "CUDA device"
     };

@@ -37,6 +37,10 @@ pub struct LowRankQuery {
 }
 
 /// Query projection: plain (`q_lora_rank` none, as V2-Lite) or compressed (as V2).
+// Built once per layer and never moved in a hot loop, so the variants' size difference is
+// harmless; boxing them would only put another indirection between burn's Module derive and
+// the weights.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum QueryProjection {
     Plain(Linear),

@@ -14,6 +14,8 @@ use crate::rope::Rope;
 pub use mha::MultiHeadAttention;
 pub use mla::MultiHeadLatentAttention;
 
+// One per layer, built once: the variants' size difference costs nothing (see QueryProjection).
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Attention {
     /// mha, gqa, mqa

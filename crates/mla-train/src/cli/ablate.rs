@@ -1,8 +1,6 @@
 //! `mla ablate`: one run per attention type and seed from a base config, then `mla compare`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use mla_model::AttentionKind;
@@ -102,16 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(&plan_path, serde_json::to_string_pretty(&plan)? + "\n")
         .with_context(|| format!("writing {}", plan_path.display()))?;
 
-    let interrupt = Arc::new(AtomicBool::new(false));
-    let flag = interrupt.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted again: exiting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!("\nCtrl-C: saving a checkpoint after this step (press again to quit now)");
-    })
-    .context("cannot install the Ctrl-C handler")?;
+    let interrupt = super::interrupt_flag()?;
 
     let report = ablate::execute(&runs, &arms, interrupt, &mut |line| eprintln!("{line}"))?;
     if report.interrupted {

@@ -54,6 +54,23 @@ enum Command {
     Data(data::DataCommand),
 }
 
+/// A flag that the first Ctrl-C sets (the training loop then checkpoints and stops after the
+/// current step); a second Ctrl-C exits at once.
+pub fn interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let interrupt = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: saving a checkpoint after this step (press again to quit now)");
+    })
+    .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
+    Ok(interrupt)
+}
+
 pub fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Train(a) => train::run(a),

@@ -1,8 +1,6 @@
 //! `mla train` and `mla finetune`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use mla_train::config::{self, RunConfig};
@@ -72,16 +70,7 @@ pub fn run_finetune(args: FinetuneArgs) -> anyhow::Result<()> {
 }
 
 fn train(cfg: &RunConfig, run_dir: PathBuf, resume: bool) -> anyhow::Result<()> {
-    let interrupt = Arc::new(AtomicBool::new(false));
-    let flag = interrupt.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted again: exiting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!("\nCtrl-C: saving a checkpoint after this step (press again to quit now)");
-    })
-    .context("cannot install the Ctrl-C handler")?;
+    let interrupt = super::interrupt_flag()?;
 
     let params = mla_model::accounting::param_counts(&cfg.model).total;
     eprintln!(

@@ -109,7 +109,7 @@ pub fn data() -> Data {
     }
     let tokenizer = dir.path().join("tokenizer.json");
     Tokenizer::train(
-        &[corpus.clone()],
+        std::slice::from_ref(&corpus),
         &TrainOptions {
             vocab_size: 300,
             ..Default::default()
