@@ -80,8 +80,15 @@ fn cached_decode_equals_full_forward() {
         let seq = random_tokens(2, 11, cfg.vocab_size, 3);
         let full = model.forward(tokens(&seq));
         for mode in [CacheMode::Latent, CacheMode::Naive] {
-            for chunks in [vec![1; 11], vec![4, 1, 3, 1, 2]] {
-                let mut cache = model.new_cache(mode);
+            // No room reserved (the buffers double: 4 -> 8 -> 16), too little (3 -> 6 -> 12),
+            // and exactly enough.
+            for (chunks, reserve) in [
+                (vec![1; 11], 0),
+                (vec![4, 1, 3, 1, 2], 0),
+                (vec![2, 1, 3, 1, 4], 3),
+                (vec![5, 1, 1, 1, 1, 1, 1], 11),
+            ] {
+                let mut cache = model.new_cache(mode).with_capacity(reserve);
                 let mut outs = Vec::new();
                 let mut at = 0;
                 for n in &chunks {
@@ -90,6 +97,11 @@ fn cached_decode_equals_full_forward() {
                     at += n;
                 }
                 assert_eq!(cache.len(), 11);
+                let reserved = cache.bytes_reserved();
+                assert!(reserved >= cache.bytes_held(), "{name}: {reserved}");
+                if reserve == 11 {
+                    assert_eq!(reserved, cache.bytes_held(), "{name}: exact reserve");
+                }
                 let stepped = Tensor::cat(outs, 1);
                 // The last-position shortcut generation uses agrees too.
                 let mut short = model.new_cache(mode);

@@ -1,8 +1,9 @@
 //! The decode benchmark behind `mla bench decode`: for each attention type, the KV cache a
 //! model actually holds and how fast it decodes, against the context length.
 //!
-//! Arms are derived from one model config at matched size (same d_model, layers, heads,
-//! d_ff, vocabulary; see [`arms_from_config`]) or are one checkpoint's model. For every arm and
+//! Arms are derived from one model config at matched size (same d_model, layers, heads and
+//! vocabulary, MLP width adjusted to match the config's parameter count; see
+//! [`arms_from_config`]) or are one checkpoint's model. For every arm and
 //! context the benchmark prefills `context` random tokens with one cached forward pass (timed),
 //! checks the bytes the cache tensors hold against [`accounting::kv_cache`] (they must be equal:
 //! a mismatch is an error), then decodes `decode_tokens` greedy tokens one at a time from that
@@ -18,11 +19,12 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use mla_model::accounting::{self, CacheMode};
-use mla_model::{AttentionConfig, AttentionKind, DType, Lm, ModelConfig, ModelSection};
+use mla_model::{AttentionKind, DType, Lm, ModelConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::ablate;
 use crate::checkpoint::Checkpoint;
 use crate::config::TrainDType;
 use crate::generate::argmax;
@@ -125,72 +127,57 @@ pub struct Arm {
     pub config: ModelConfig,
     pub mode: CacheMode,
     pub weights: ArmWeights,
+    /// How the arm was sized ("d_ff 1408 -> 1728 to match ..."), or "" for a checkpoint.
+    pub change: String,
 }
 
-/// GQA's key/value heads at matched size: `n_heads / 4`, at least 1, lowered until it divides
-/// `n_heads`.
-pub fn gqa_kv_heads(n_heads: usize) -> usize {
-    let mut k = (n_heads / 4).max(1);
-    while !n_heads.is_multiple_of(k) {
-        k -= 1;
-    }
-    k
-}
-
-/// One arm per kind, all with `base`'s d_model, layers, heads, d_ff, vocabulary and dtype, and
-/// `max_seq_len` positions. MLA keeps `base`'s latent dims when `base` is MLA, else takes the
-/// paper's defaults (`kv_lora_rank = 4 d_h`, `qk_rope_head_dim = d_h / 2`, no query
-/// compression); MHA has `head_dim = d_model / n_heads`; GQA [`gqa_kv_heads`] K/V heads.
+/// One arm per kind at matched size: the attention types are derived from `base` as
+/// `mla ablate` derives its arms ([`ablate::derive_arms`]: the other attention dims from the
+/// paper's ratios, GQA with [`ablate::default_gqa_kv_heads`] K/V heads), and every arm's MLP
+/// width is set so that its parameter count is closest to `base`'s. `max_seq_len` becomes
+/// `max_seq_len`. Each arm carries what matching changed.
 pub fn arms_from_config(
     base: &ModelConfig,
     kinds: &[ArmKind],
     max_seq_len: usize,
     seed: u64,
 ) -> Result<Vec<Arm>, BenchError> {
-    kinds
+    let mut s = base.to_section();
+    s.max_seq_len = Some(max_seq_len);
+    let base = s
+        .resolve()
+        .map_err(|e| BenchError::Invalid(e.to_string()))?;
+    // The base's own attention first: the size the others are matched to.
+    let mut attentions = vec![base.kind()];
+    for k in kinds {
+        if !attentions.contains(&k.attention()) {
+            attentions.push(k.attention());
+        }
+    }
+    let spec = ablate::AblationSpec {
+        arms: attentions,
+        seeds: 1,
+        match_params: ablate::MatchParams::DFf,
+        gqa_kv_heads: None,
+    };
+    let derived =
+        ablate::derive_arms(&base, &spec).map_err(|e| BenchError::Invalid(e.to_string()))?;
+    Ok(kinds
         .iter()
         .map(|&kind| {
-            let mut s = base.to_section();
-            let latent = match base.attention {
-                AttentionConfig::Latent(_) => Some(s.clone()),
-                AttentionConfig::Standard(_) => None,
-            };
-            s = ModelSection {
-                attention: Some(kind.attention()),
-                max_seq_len: Some(max_seq_len),
-                n_kv_heads: None,
-                head_dim: None,
-                q_lora_rank: None,
-                kv_lora_rank: None,
-                qk_nope_head_dim: None,
-                qk_rope_head_dim: None,
-                v_head_dim: None,
-                ..s
-            };
-            match kind {
-                ArmKind::Mla | ArmKind::MlaNaive => {
-                    if let Some(l) = latent {
-                        s.q_lora_rank = l.q_lora_rank;
-                        s.kv_lora_rank = l.kv_lora_rank;
-                        s.qk_nope_head_dim = l.qk_nope_head_dim;
-                        s.qk_rope_head_dim = l.qk_rope_head_dim;
-                        s.v_head_dim = l.v_head_dim;
-                    }
-                }
-                ArmKind::Gqa => s.n_kv_heads = Some(gqa_kv_heads(base.n_heads)),
-                ArmKind::Mha | ArmKind::Mqa => {}
-            }
-            let config = s
-                .resolve()
-                .map_err(|e| BenchError::Invalid(format!("arm {}: {e}", kind.as_str())))?;
-            Ok(Arm {
+            let d = derived
+                .iter()
+                .find(|d| d.kind == kind.attention())
+                .expect("every kind was derived");
+            Arm {
                 name: kind.as_str().to_string(),
-                config,
+                config: d.model.clone(),
                 mode: kind.mode(),
                 weights: ArmWeights::Random { seed },
-            })
+                change: d.change.clone(),
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// The arms of one checkpoint: an MLA model with both caches, any other with its K/V cache.
@@ -200,6 +187,7 @@ pub fn arms_from_checkpoint(ckpt: &Checkpoint, config: &ModelConfig) -> Vec<Arm>
         config: config.clone(),
         mode: kind.mode(),
         weights: ArmWeights::Checkpoint(ckpt.clone()),
+        change: String::new(),
     };
     match config.kind() {
         AttentionKind::Mla => vec![arm(ArmKind::Mla), arm(ArmKind::MlaNaive)],
@@ -463,7 +451,10 @@ pub fn run_decode(
             let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ context as u64);
             let ids = random_tokens(&mut rng, opts.batch, context, arm.config.vocab_size);
             let tokens = int_tensor(ids, opts.batch, device);
-            let mut cache = model.new_cache(arm.mode);
+            // Room for the decode steps too, as `mla generate` reserves prompt + new tokens.
+            let mut cache = model
+                .new_cache(arm.mode)
+                .with_capacity(context + opts.decode_tokens);
             let started = Instant::now();
             let next = next_tokens(model.forward_cached_last(tokens, &mut cache));
             let prefill = started.elapsed().as_secs_f64();
@@ -724,17 +715,26 @@ mod plot {
             let report = self.0;
             root.fill(&WHITE).map_err(e)?;
             let mut labels = vec![];
-            let (top, body) = root.split_vertically(44);
+            // Two lines: the model source can be long (a preset and its overrides).
+            let (top, body) = root.split_vertically(60);
             let title = format!(
-                "Decode with a KV cache: {} | batch {} | {} decode tokens | {}",
-                report.source, report.batch, report.decode_tokens, report.device
+                "Decoding with a KV cache: batch {}, {} tokens after each prefill, {}",
+                report.batch, report.decode_tokens, report.device
             );
             let (w, _) = top.dim_in_pixel();
             labels.push(label(
                 &top,
                 &title,
-                (w as i32 / 2, 24),
+                (w as i32 / 2, 20),
                 20.0,
+                HAlign::Center,
+                VAlign::Center,
+            ));
+            labels.push(label(
+                &top,
+                &report.source,
+                (w as i32 / 2, 44),
+                14.0,
                 HAlign::Center,
                 VAlign::Center,
             ));
@@ -745,7 +745,7 @@ mod plot {
                     .iter()
                     .enumerate()
                     .map(|(i, a)| Series {
-                        name: a.name.clone(),
+                        name: format!("{} ({} B/token)", a.name, a.cache_bytes_per_token),
                         colour: figure::attention_colour(&a.name)
                             .unwrap_or(figure::PALETTE[i % figure::PALETTE.len()]),
                         points: a

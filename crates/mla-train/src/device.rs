@@ -42,6 +42,9 @@ pub fn parse(s: &str) -> Result<DeviceSpec, DeviceError> {
 
 impl DeviceSpec {
     /// The device (without autodiff; `.autodiff()` gives the training one).
+    // burn 0.22 marks its libtorch backend deprecated in favour of CubeCL; it is still the one
+    // that runs on libtorch's CPU and CUDA kernels, which is what the `tch` feature is for.
+    #[allow(deprecated)]
     pub fn device(self) -> Result<Device, DeviceError> {
         match self {
             DeviceSpec::Cpu => Ok(Device::flex()),

@@ -345,9 +345,12 @@ pub fn generate(
     let (prompt, truncated) =
         fit_prompt(prompt, opts.max_new_tokens, cfg.max_seq_len, opts.truncate)?;
     let mut sampler = Sampler::new(&opts.sampling, opts.vocab_limit);
+    // Room for the whole generation up front, so that the cache never reallocates (but never
+    // more than the context: a huge --max-new-tokens must not allocate a huge buffer).
+    let capacity = (prompt.len() + opts.max_new_tokens).min(cfg.max_seq_len.max(prompt.len()));
     let mut cache = match opts.cache {
-        CacheChoice::Latent => Some(model.new_cache(CacheMode::Latent)),
-        CacheChoice::Naive => Some(model.new_cache(CacheMode::Naive)),
+        CacheChoice::Latent => Some(model.new_cache(CacheMode::Latent).with_capacity(capacity)),
+        CacheChoice::Naive => Some(model.new_cache(CacheMode::Naive).with_capacity(capacity)),
         CacheChoice::Recompute => None,
     };
     let mut seq = prompt.to_vec();

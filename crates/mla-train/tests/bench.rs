@@ -9,9 +9,8 @@ use std::path::Path;
 use burn::tensor::Device;
 use mla_model::accounting::{self, CacheMode};
 use mla_model::{Lm, ModelConfig, ModelSection};
-use mla_train::bench::{
-    self, ArmKind, DecodeOptions, DecodeReport, arms_from_config, gqa_kv_heads,
-};
+use mla_train::ablate::D_FF_STEP;
+use mla_train::bench::{self, ArmKind, DecodeOptions, DecodeReport, arms_from_config};
 
 /// 8 heads, so that GQA (n_heads / 4 = 2 K/V heads) sits strictly between MQA and MHA.
 fn base() -> ModelConfig {
@@ -48,6 +47,7 @@ fn arms_are_matched_and_cache_bytes_follow_the_accounting() {
     let arms = arms_from_config(&base(), &ArmKind::ALL, 18, 1).unwrap();
     let names: Vec<&str> = arms.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["mla", "mla-naive", "mha", "gqa", "mqa"]);
+    let base_params = accounting::param_counts(&base()).total;
     for a in &arms {
         let c = &a.config;
         assert_eq!(
@@ -56,21 +56,36 @@ fn arms_are_matched_and_cache_bytes_follow_the_accounting() {
                 c.d_model,
                 c.n_layers,
                 c.n_heads,
-                c.d_ff,
                 c.max_seq_len
             ),
-            (64, 64, 2, 8, 96, 18),
+            (64, 64, 2, 8, 18),
             "{}",
             a.name
+        );
+        // Matched through d_ff: within half a d_ff step (3 d_model weights per layer each).
+        let params = accounting::param_counts(c).total;
+        let half_step = 3 * c.n_layers * c.d_model * D_FF_STEP / 2;
+        assert!(
+            params.abs_diff(base_params) <= half_step,
+            "{}: {params} vs {base_params}: {}",
+            a.name,
+            a.change
         );
     }
     let mut want = base();
     want.max_seq_len = 18;
     assert_eq!(arms[0].config, want, "MLA keeps the config's dims");
-    assert_eq!(gqa_kv_heads(8), 2);
-    assert_eq!(gqa_kv_heads(12), 3);
-    assert_eq!(gqa_kv_heads(6), 1);
-    assert_eq!(gqa_kv_heads(2), 1);
+    assert_eq!(arms[1].config, want, "MLA naive is the same model");
+    let mla_model::AttentionConfig::Standard(gqa) = arms[3].config.attention else {
+        panic!("gqa is standard attention")
+    };
+    assert_eq!(gqa.n_kv_heads, 2, "n_heads / 4");
+    // Fewer K/V weights, wider MLP: mha <= gqa <= mqa.
+    let d_ff: Vec<usize> = arms[2..].iter().map(|a| a.config.d_ff).collect();
+    assert!(
+        d_ff[0] <= d_ff[1] && d_ff[1] <= d_ff[2] && d_ff[0] < d_ff[2],
+        "{d_ff:?}"
+    );
 
     let r = run_tiny();
     assert_eq!(r.contexts, [8, 16], "sorted");

@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
-use super::sdpa::{causal_attention, causal_attention_folded};
+use super::sdpa::{causal_attention, last_position_attention};
 use crate::cache::LayerCache;
 use crate::config::{ModelConfig, StandardAttention};
 use crate::init;
@@ -72,11 +72,17 @@ impl MultiHeadAttention {
         let out = match cache {
             Some(cache) => {
                 let (k, v) = cache.append_kv(k, v); // [b, kv, offset + t, hd]
-                // Decoding reads the whole cache each step: rather than copying each K/V head
-                // for its `groups` query heads, fold those heads into query rows.
-                // [b, h, t, hd] -> [b, kv, groups * t, hd] (head i = kv head i / groups)
-                let q = q.reshape([b, kv, groups * t, hd]);
-                causal_attention_folded(q, k, v, self.scale, t).reshape([b, h, t, hd])
+                if t == 1 {
+                    // A decode step reads the whole cache: rather than copying each K/V head
+                    // for its `groups` query heads, fold those heads into query rows.
+                    // [b, h, 1, hd] -> [b, kv, groups, hd] (head i = kv head i / groups)
+                    let q = q.reshape([b, kv, groups, hd]);
+                    last_position_attention(q, k, v, self.scale).reshape([b, h, 1, hd])
+                } else {
+                    // Prefill is compute-bound and folded rows would need a causal mask per
+                    // group: copy K/V per query head, as in training.
+                    causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), self.scale)
+                }
             }
             None => causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), self.scale),
         };

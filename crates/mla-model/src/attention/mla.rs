@@ -19,7 +19,7 @@ use burn::module::Module;
 use burn::nn::{Linear, RmsNorm};
 use burn::tensor::{Device, Tensor};
 
-use super::sdpa::{causal_attention, causal_attention_folded};
+use super::sdpa::{causal_attention, last_position_attention};
 use crate::cache::LayerCache;
 use crate::config::{LatentAttention, ModelConfig};
 use crate::init;
@@ -217,7 +217,7 @@ impl MultiHeadLatentAttention {
 
     /// One decode step over the latent cache with W_UK absorbed into the query and W_UV into
     /// the output: the cache is one `r + rope`-wide "key head" that every query head shares,
-    /// and the latents themselves are the values.
+    /// and the latents' `c_kv` part is the value.
     ///
     /// # Shapes
     /// - q_nope `[b, h, 1, nope]`, q_pe `[b, h, 1, rope]`, latents `[b, 1, T, r + rope]`
@@ -229,20 +229,19 @@ impl MultiHeadLatentAttention {
         latents: Tensor<4>,
         cache: &mut LayerCache,
     ) -> Tensor<4> {
-        let [b, h, t, _] = q_nope.dims();
+        let [b, h, _, _] = q_nope.dims();
         let (r, rope_d) = (self.kv_lora_rank, self.qk_rope_head_dim);
         let Absorbed { w_uk, w_uv } = cache.absorbed(|| self.absorb()).clone();
 
-        // W_UK into the query: [b, h, t, nope] @ [1, h, nope, r] -> [b, h, t, r]
+        // W_UK into the query: [b, h, 1, nope] @ [1, h, nope, r] -> [b, h, 1, r]
         let q_latent = q_nope.matmul(w_uk);
-        // [b, h, t, r + rope] -> [b, 1, h * t, r + rope]: heads folded into query rows
-        let q = Tensor::cat(vec![q_latent, q_pe], 3).reshape([b, 1, h * t, r + rope_d]);
-        // The latents are keys and values at once. Passing all r + rope columns as values and
-        // dropping the rope part of the output avoids copying a column slice of the cache.
-        let ctx =
-            causal_attention_folded(q, latents.clone(), latents, self.scale, t).slice_dim(3, 0..r); // [b, 1, h * t, r]
-        // W_UV into the output: [b, 1, h * t, r] -> [b, h, t, r] @ [1, h, r, v] -> [b, h, t, v]
-        ctx.reshape([b, h, t, r]).matmul(w_uv)
+        // [b, h, 1, r + rope] -> [b, 1, h, r + rope]: heads folded into query rows
+        let q = Tensor::cat(vec![q_latent, q_pe], 3).reshape([b, 1, h, r + rope_d]);
+        // The latents are the keys, and their c_kv columns the values (a strided view, no copy).
+        let c_kv = latents.clone().slice_dim(3, 0..r); // [b, 1, T, r]
+        let ctx = last_position_attention(q, latents, c_kv, self.scale); // [b, 1, h, r]
+        // W_UV into the output: [b, 1, h, r] -> [b, h, 1, r] @ [1, h, r, v] -> [b, h, 1, v]
+        ctx.reshape([b, h, 1, r]).matmul(w_uv)
     }
 
     /// Split `kv_b_proj` into per-head W_UK and W_UV, arranged for [`Self::attend_absorbed`].

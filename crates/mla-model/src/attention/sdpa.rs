@@ -8,9 +8,10 @@
 //! as a boolean mask: burn-tch hands a boolean mask to torch, where `true` means "attend", the
 //! opposite of burn's "masked", while a bias means the same on every backend.
 
+use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 
 /// `softmax(q k^T * scale) v`, causal, for queries at the last `t_q` of `t_k` positions.
 ///
@@ -28,76 +29,52 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) ->
     if t_q == t_k {
         attention(q, k, v, None, None, options(true))
     } else if t_q == 1 {
-        // A single new token may see every cached one.
-        attention(q, k, v, None, None, options(false))
+        last_position_attention(q, k, v, scale)
     } else {
-        let bias = future_bias(t_q, t_k, 1, &q).expand([b, h, t_q, t_k]);
+        let bias = future_bias(t_q, t_k, &q).expand([b, h, t_q, t_k]);
         attention(q, k, v, None, Some(bias), options(false))
     }
 }
 
-/// Causal attention with `groups` query heads per key/value head folded into the query-length
-/// dim: row `g * t_q + j` of K/V head `n` is query head `n * groups + g` at position
-/// `t_k - t_q + j`. Used when decoding from a cache, where copying K/V for every query head
-/// would cost as much as the attention: GQA/MQA fold their groups, absorbed MLA folds all heads
-/// onto its single latent head.
+/// Attention for one decode step: every query sits at the last position, so it sees every
+/// cached key and needs no mask. The rows of `q` may be several query heads folded onto one
+/// K/V head (a GQA/MQA group, or all heads of absorbed MLA), so that K/V are not copied for
+/// each head.
+///
+/// Two matmuls rather than the fused attention op, because `k` and `v` are views of a cache
+/// buffer with room for more tokens: matmul reads them through their strides, while the fused
+/// op (on flex) would first copy the whole cache, every step. Scores and softmax are f32
+/// whatever the cache's dtype.
 ///
 /// # Shapes
-/// - q: `[b, n_kv, groups * t_q, d_qk]`, k: `[b, n_kv, t_k, d_qk]`, v: `[b, n_kv, t_k, d_v]`
-/// - returns `[b, n_kv, groups * t_q, d_v]`
-pub fn causal_attention_folded(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    scale: f64,
-    t_q: usize,
-) -> Tensor<4> {
-    let [b, n_kv, rows, _] = q.dims();
-    let t_k = k.dims()[2];
-    let options = AttentionModuleOptions {
-        scale: Some(scale),
-        softcap: None,
-        is_causal: false,
-    };
-    let bias = if t_q == 1 {
-        None
-    } else {
-        let groups = rows / t_q;
-        Some(future_bias(t_q, t_k, groups, &q).expand([b, n_kv, rows, t_k]))
-    };
-    attention(q, k, v, None, bias, options)
+/// - q: `[b, n_kv, rows, d_qk]`, k: `[b, n_kv, t_k, d_qk]`, v: `[b, n_kv, t_k, d_v]`
+/// - returns `[b, n_kv, rows, d_v]`
+pub fn last_position_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+    let dtype = v.dtype();
+    // [b, n_kv, rows, d_qk] @ [b, n_kv, d_qk, t_k] -> [b, n_kv, rows, t_k]
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .cast(DType::F32)
+        .mul_scalar(scale);
+    softmax(scores, 3).cast(dtype).matmul(v)
 }
 
-/// `-inf` where key position > query position (0 elsewhere), for `groups` stacked copies of
-/// `t_q` queries at positions `t_k - t_q ..t_k`, in the dtype of `like`.
+/// `-inf` where key position > query position (0 elsewhere), for `t_q` queries at positions
+/// `t_k - t_q ..t_k`, in the dtype of `like`.
 ///
 /// # Shapes
-/// - returns `[1, 1, groups * t_q, t_k]`
-fn future_bias(t_q: usize, t_k: usize, groups: usize, like: &Tensor<4>) -> Tensor<4> {
+/// - returns `[1, 1, t_q, t_k]`
+fn future_bias(t_q: usize, t_k: usize, like: &Tensor<4>) -> Tensor<4> {
     let device = &like.device();
-    let zeros = Tensor::<4>::zeros([1, 1, groups * t_q, t_k], device).cast(like.dtype());
-    zeros.mask_fill(future_mask(t_q, t_k, groups, device), f32::NEG_INFINITY)
-}
-
-/// `true` where key position > query position (same layout as [`future_bias`]).
-fn future_mask(
-    t_q: usize,
-    t_k: usize,
-    groups: usize,
-    device: &burn::tensor::Device,
-) -> Tensor<4, Bool> {
     let offset = (t_k - t_q) as i64;
-    let rows = (groups * t_q) as i64;
-    // [rows, 1]: position of each query row
-    let q_pos = Tensor::<1, Int>::arange(0..rows, device)
-        .remainder_scalar(t_q as i64)
-        .add_scalar(offset)
-        .reshape([rows as usize, 1]);
+    // [t_q, 1]: position of each query
+    let q_pos = Tensor::<1, Int>::arange(offset..t_k as i64, device).reshape([t_q, 1]);
     // [1, t_k]
     let k_pos = Tensor::<1, Int>::arange(0..t_k as i64, device).reshape([1, t_k]);
-    k_pos
-        .greater(q_pos) // [rows, t_k] by broadcasting
-        .reshape([1, 1, rows as usize, t_k])
+    let future = k_pos.greater(q_pos).reshape([1, 1, t_q, t_k]); // [t_q, t_k] by broadcasting
+    Tensor::<4>::zeros([1, 1, t_q, t_k], device)
+        .cast(like.dtype())
+        .mask_fill(future, f32::NEG_INFINITY)
 }
 
 #[cfg(test)]
@@ -143,32 +120,26 @@ mod tests {
     }
 
     #[test]
-    fn folded_groups_equal_separate_heads() {
+    fn one_step_with_folded_heads_equals_separate_heads_over_a_cache_view() {
         let d = dev();
         let n = Distribution::Normal(0.0, 1.0);
         let (b, g, t_k) = (2, 3, 7);
-        let k = Tensor::<4>::random([b, 1, t_k, 5], n, &d);
-        let v = Tensor::<4>::random([b, 1, t_k, 4], n, &d);
-        for t_q in [1, 4, 7] {
-            let q = Tensor::<4>::random([b, g, t_q, 5], n, &d);
-            // [b, g, t_q, d] -> [b, 1, g * t_q, d]
-            let folded = causal_attention_folded(
-                q.clone().reshape([b, 1, g * t_q, 5]),
-                k.clone(),
-                v.clone(),
-                0.5,
-                t_q,
-            )
-            .reshape([b, g, t_q, 4]);
-            let separate = causal_attention(
-                q,
-                k.clone().expand([b, g, t_k, 5]),
-                v.clone().expand([b, g, t_k, 4]),
-                0.5,
-            );
-            folded
-                .into_data()
-                .assert_approx_eq::<f32>(&separate.into_data(), Tolerance::absolute(1e-5));
-        }
+        // A cache buffer with room for 10 tokens, 7 of them filled: k and v are strided views.
+        let k = Tensor::<4>::random([b, 1, 10, 5], n, &d).slice_dim(2, 0..t_k);
+        let v = Tensor::<4>::random([b, 1, 10, 4], n, &d).slice_dim(2, 0..t_k);
+        let q = Tensor::<4>::random([b, g, 1, 5], n, &d);
+        // [b, g, 1, d] -> [b, 1, g, d]: the group's heads as rows of the one K/V head
+        let folded =
+            last_position_attention(q.clone().reshape([b, 1, g, 5]), k.clone(), v.clone(), 0.5)
+                .reshape([b, g, 1, 4]);
+        let separate = reference(
+            q,
+            k.clone().expand([b, g, t_k, 5]),
+            v.clone().expand([b, g, t_k, 4]),
+            0.5,
+        );
+        folded
+            .into_data()
+            .assert_approx_eq::<f32>(&separate.into_data(), Tolerance::absolute(1e-5));
     }
 }

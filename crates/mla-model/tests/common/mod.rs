@@ -6,6 +6,7 @@ use mla_model::{ModelConfig, ModelSection};
 
 /// The device the suite runs on: burn's flex CPU backend, or libtorch's CPU device when
 /// `MLA_TEST_DEVICE=tch-cpu` (a build with `--features tch`; scripts/test.sh does this).
+#[allow(deprecated)] // burn-tch, deprecated in burn 0.22 but our libtorch path (see device.rs)
 pub fn device() -> Device {
     match std::env::var("MLA_TEST_DEVICE").as_deref() {
         Err(_) | Ok("" | "cpu") => Device::flex(),

@@ -192,11 +192,16 @@ fn decode(args: DecodeArgs) -> anyhow::Result<()> {
     let device_name = format!("{} {}", args.device, dtype.as_str());
     for arm in &arms {
         eprintln!(
-            "{:<10} {} | {:.2}M parameters | {} cache bytes per token",
+            "{:<10} {} | {:.2}M parameters | {} cache bytes per token{}",
             arm.name,
             arm.config.kind(),
             mla_model::accounting::param_counts(&arm.config).total as f64 / 1e6,
-            mla_model::accounting::kv_cache(&arm.config, arm.mode).bytes_per_token
+            mla_model::accounting::kv_cache(&arm.config, arm.mode).bytes_per_token,
+            if arm.change.is_empty() {
+                String::new()
+            } else {
+                format!(" | {}", arm.change)
+            }
         );
     }
     let opts = DecodeOptions {
