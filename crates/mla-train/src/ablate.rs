@@ -201,40 +201,25 @@ pub fn derive_arms(base: &ModelConfig, spec: &AblationSpec) -> Result<Vec<Arm>, 
             }
             MatchParams::DFf => {
                 let m = match_d_ff(&derived, ref_params);
-                let after = total(&m);
-                let change = if m.d_ff == derived.d_ff {
-                    format!(
-                        "d_ff {} kept: closest to the {} parameters of {ref_name} ({}, {})",
-                        m.d_ff,
-                        human_count(ref_params as f64),
-                        human_count(after as f64),
-                        percent(after, ref_params)
-                    )
-                } else {
-                    format!(
-                        "d_ff {} -> {} to match the {} parameters of {ref_name} ({}, {})",
-                        derived.d_ff,
-                        m.d_ff,
-                        human_count(ref_params as f64),
-                        human_count(after as f64),
-                        percent(after, ref_params)
-                    )
-                };
+                let change = resized(
+                    "d_ff",
+                    derived.d_ff,
+                    m.d_ff,
+                    total(&m),
+                    ref_params,
+                    ref_name,
+                );
                 (m, change)
             }
             MatchParams::Layers => {
                 let m = match_layers(&derived, ref_params);
-                let after = total(&m);
-                let verb = if m.n_layers == derived.n_layers {
-                    format!("n_layers {} kept: closest to", m.n_layers)
-                } else {
-                    format!("n_layers {} -> {} to match", derived.n_layers, m.n_layers)
-                };
-                let change = format!(
-                    "{verb} the {} parameters of {ref_name} ({}, {})",
-                    human_count(ref_params as f64),
-                    human_count(after as f64),
-                    percent(after, ref_params)
+                let change = resized(
+                    "n_layers",
+                    derived.n_layers,
+                    m.n_layers,
+                    total(&m),
+                    ref_params,
+                    ref_name,
                 );
                 (m, change)
             }
@@ -248,6 +233,29 @@ pub fn derive_arms(base: &ModelConfig, spec: &AblationSpec) -> Result<Vec<Arm>, 
         });
     }
     Ok(arms)
+}
+
+/// What parameter matching did to `key` (`before` -> `after`), in words, with the arm's
+/// resulting count against the reference's.
+fn resized(
+    key: &str,
+    before: usize,
+    after: usize,
+    params: usize,
+    ref_params: usize,
+    ref_name: &str,
+) -> String {
+    let verb = if after == before {
+        format!("{key} {after} kept: closest to")
+    } else {
+        format!("{key} {before} -> {after} to match")
+    };
+    format!(
+        "{verb} the {} parameters of {ref_name} ({}, {})",
+        human_count(ref_params as f64),
+        human_count(params as f64),
+        percent(params, ref_params)
+    )
 }
 
 /// The `d_ff` (a positive multiple of [`D_FF_STEP`]) whose total parameter count is closest to

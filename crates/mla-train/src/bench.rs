@@ -529,16 +529,6 @@ pub fn run_decode(
     })
 }
 
-fn human(n: usize) -> String {
-    let n = n as f64;
-    match n {
-        n if n >= 1e9 => format!("{:.2}G", n / 1e9),
-        n if n >= 1e6 => format!("{:.2}M", n / 1e6),
-        n if n >= 1e3 => format!("{:.1}K", n / 1e3),
-        n => format!("{n:.0}"),
-    }
-}
-
 fn fmt_mb(mb: f64) -> String {
     if mb >= 100.0 {
         format!("{mb:.0}")
@@ -564,7 +554,7 @@ impl DecodeReport {
             .map(|a| {
                 let mut row = vec![
                     a.name.clone(),
-                    human(a.params),
+                    crate::compare::human_count(a.params as f64),
                     a.cache_bytes_per_token.to_string(),
                 ];
                 for p in &a.points {

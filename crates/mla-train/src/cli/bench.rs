@@ -80,12 +80,7 @@ fn model_config(
     vocab_size: Option<usize>,
 ) -> anyhow::Result<ModelConfig> {
     let mut table = match path {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            text.parse::<toml::Table>()
-                .with_context(|| format!("{}", path.display()))?
-        }
+        Some(path) => super::read_toml(path)?,
         None => {
             let mut t = toml::Table::new();
             t.insert(
@@ -101,17 +96,9 @@ fn model_config(
     for o in overrides {
         mla_train::config::apply_override(&mut table, o)?;
     }
-    let model = table
-        .get("model")
-        .cloned()
-        .context("the config has no [model] section")?;
-    let section: ModelSection = serde_path_to_error::deserialize(model)
-        .map_err(|e| anyhow::anyhow!("model.{}: {}", e.path(), e.inner()))?;
+    let section = super::model_section(&table, || "the config has no [model] section".into())?;
     with_vocab(section, vocab_size, || {
-        table
-            .get("data")
-            .and_then(|d| d.get("tokenizer"))
-            .and_then(|t| t.as_str())
+        super::data_tokenizer(&table)
             .filter(|t| !t.is_empty())
             .map(PathBuf::from)
     })

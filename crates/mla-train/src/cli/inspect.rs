@@ -1,10 +1,10 @@
 //! `mla inspect`: parameters, KV cache per token and FLOPs per token of a model config.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use mla_model::accounting::{self, CacheMode};
-use mla_model::{AttentionConfig, ModelConfig, ModelSection};
+use mla_model::{AttentionConfig, ModelConfig};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -25,24 +25,13 @@ pub struct InspectArgs {
 
 /// The model config of a file: its `[model]` section, with the vocabulary taken from
 /// `[data] tokenizer` when left out. Other sections are not needed (nor checked) here.
-fn model_from_file(path: &PathBuf) -> anyhow::Result<(ModelConfig, Option<usize>)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .with_context(|| format!("{}", path.display()))?;
-    let model = table
-        .get("model")
-        .cloned()
-        .with_context(|| format!("{} has no [model] section", path.display()))?;
-    let mut section: ModelSection = serde_path_to_error::deserialize(model)
-        .map_err(|e| anyhow::anyhow!("model.{}: {}", e.path(), e.inner()))?;
-    let tokenizer = table
-        .get("data")
-        .and_then(|d| d.get("tokenizer"))
-        .and_then(|t| t.as_str());
+fn model_from_file(path: &Path) -> anyhow::Result<(ModelConfig, Option<usize>)> {
+    let table = super::read_toml(path)?;
+    let mut section = super::model_section(&table, || {
+        format!("{} has no [model] section", path.display())
+    })?;
     if section.with_preset()?.vocab_size.is_none()
-        && let Some(t) = tokenizer
+        && let Some(t) = super::data_tokenizer(&table)
     {
         section.vocab_size =
             Some(super::train::tokenizer_vocab(t.as_ref()).map_err(anyhow::Error::msg)?);

@@ -54,6 +54,36 @@ enum Command {
     Data(data::DataCommand),
 }
 
+/// A TOML file as a table; errors name the file.
+pub fn read_toml(path: &std::path::Path) -> anyhow::Result<toml::Table> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.parse().with_context(|| format!("{}", path.display()))
+}
+
+/// The `[model]` section of a config table (`mla inspect` and `mla bench decode` read only
+/// it); `missing` is the error when there is none. Type errors name the key.
+pub fn model_section(
+    table: &toml::Table,
+    missing: impl FnOnce() -> String,
+) -> anyhow::Result<mla_model::ModelSection> {
+    let model = table
+        .get("model")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!(missing()))?;
+    serde_path_to_error::deserialize(model)
+        .map_err(|e| anyhow::anyhow!("model.{}: {}", e.path(), e.inner()))
+}
+
+/// `[data] tokenizer` of a config table, if given.
+pub fn data_tokenizer(table: &toml::Table) -> Option<&str> {
+    table
+        .get("data")
+        .and_then(|d| d.get("tokenizer"))
+        .and_then(|t| t.as_str())
+}
+
 /// A flag that the first Ctrl-C sets (the training loop then checkpoints and stops after the
 /// current step); a second Ctrl-C exits at once.
 pub fn interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
