@@ -7,6 +7,7 @@ use burn::tensor::{Device, Tensor};
 use crate::attention::Attention;
 use crate::cache::LayerCache;
 use crate::config::ModelConfig;
+use crate::fused::rms_norm;
 use crate::init;
 use crate::mlp::Mlp;
 use crate::rope::Rope;
@@ -36,7 +37,10 @@ impl Block {
         let h = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), rope, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+                .forward(rms_norm(&self.input_layernorm, x), rope, cache);
+        h.clone()
+            + self
+                .mlp
+                .forward(rms_norm(&self.post_attention_layernorm, h))
     }
 }

@@ -7,8 +7,14 @@ pub mod attention;
 pub mod block;
 pub mod cache;
 pub mod config;
+// The libtorch route of the fused ops names burn-tch, deprecated in burn 0.22 but our libtorch
+// path (see mla-train's device.rs); the dispatch code the extension macro generates cannot carry
+// a narrower allow.
+#[allow(deprecated)]
+pub mod fused;
 pub mod hf;
 pub mod init;
+pub mod linear;
 pub mod mlp;
 pub mod rope;
 pub mod transformer;

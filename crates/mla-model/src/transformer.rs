@@ -2,15 +2,15 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, RmsNorm};
-use burn::tensor::activation::log_softmax;
-use burn::tensor::module::linear;
 use burn::tensor::{DType, Device, Int, Tensor};
 
 use crate::accounting::CacheMode;
 use crate::block::Block;
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
+use crate::fused::{self, rms_norm};
 use crate::init;
+use crate::linear::{linear, matmul_rows};
 use crate::rope::Rope;
 
 #[derive(Module, Debug)]
@@ -94,11 +94,11 @@ impl Lm {
     /// # Shapes
     /// - x: `[b, t, d]` -> `[b, t, vocab_size]`
     fn head(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = self.norm.forward(x);
+        let x = rms_norm(&self.norm, x);
         match &self.lm_head {
-            Some(head) => head.forward(x),
+            Some(head) => linear(head, x),
             // Tied: logits = x E^T, E = [vocab, d] -> [d, vocab]
-            None => linear(x, self.embed_tokens.weight.val().transpose(), None),
+            None => matmul_rows(x, self.embed_tokens.weight.val().transpose()),
         }
     }
 
@@ -118,7 +118,7 @@ impl Lm {
 pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
     let [b, t, v] = logits.dims();
     // [b, t, v] -> [b * t, v], in f32 whatever the compute precision: the loss needs it.
-    let log_probs = log_softmax(logits.reshape([b * t, v]).cast(DType::F32), 1);
+    let log_probs = fused::log_softmax(logits.reshape([b * t, v]).cast(DType::F32));
     // [b * t, 1]: the log-probability of each target
     let picked = log_probs.gather(1, targets.reshape([b * t, 1]));
     picked.mean().neg()

@@ -10,6 +10,7 @@ use super::sdpa::{causal_attention, last_position_attention};
 use crate::cache::LayerCache;
 use crate::config::{ModelConfig, StandardAttention};
 use crate::init;
+use crate::linear::linear;
 use crate::rope::Rope;
 
 #[derive(Module, Debug)]
@@ -48,20 +49,14 @@ impl MultiHeadAttention {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         // [b, t, h * hd] -> [b, t, h, hd] -> [b, h, t, hd]
-        let q = self
-            .q_proj
-            .forward(x.clone())
+        let q = linear(&self.q_proj, x.clone())
             .reshape([b, t, h, hd])
             .swap_dims(1, 2);
         // [b, t, kv * hd] -> [b, kv, t, hd]
-        let k = self
-            .k_proj
-            .forward(x.clone())
+        let k = linear(&self.k_proj, x.clone())
             .reshape([b, t, kv, hd])
             .swap_dims(1, 2);
-        let v = self
-            .v_proj
-            .forward(x)
+        let v = linear(&self.v_proj, x)
             .reshape([b, t, kv, hd])
             .swap_dims(1, 2);
 
@@ -87,8 +82,7 @@ impl MultiHeadAttention {
             None => causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), self.scale),
         };
         // [b, h, t, hd] -> [b, t, h * hd]
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
+        linear(&self.o_proj, out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
 }
 

@@ -22,7 +22,9 @@ use burn::tensor::{Device, Tensor};
 use super::sdpa::{causal_attention, last_position_attention};
 use crate::cache::LayerCache;
 use crate::config::{LatentAttention, ModelConfig};
+use crate::fused::rms_norm;
 use crate::init;
+use crate::linear::linear;
 use crate::rope::Rope;
 
 /// Epsilon of `q_a_layernorm` and `kv_a_layernorm`, fixed as in DeepSeek-V2.
@@ -52,10 +54,11 @@ impl QueryProjection {
     /// - x: `[b, t, d_model]` -> `[b, t, n_heads * (nope + rope)]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         match self {
-            Self::Plain(q_proj) => q_proj.forward(x),
-            Self::LowRank(q) => q
-                .q_b_proj
-                .forward(q.q_a_layernorm.forward(q.q_a_proj.forward(x))),
+            Self::Plain(q_proj) => linear(q_proj, x),
+            Self::LowRank(q) => linear(
+                &q.q_b_proj,
+                rms_norm(&q.q_a_layernorm, linear(&q.q_a_proj, x)),
+            ),
         }
     }
 }
@@ -144,8 +147,8 @@ impl MultiHeadLatentAttention {
         let q_pe = q.slice_dim(3, nope..nope + rope_d); // [b, h, t, rope]
 
         // [b, t, r + rope]: the latent, then the one rotary key all heads share
-        let ckv = self.kv_a_proj_with_mqa.forward(x);
-        let c_kv = self.kv_a_layernorm.forward(ckv.clone().slice_dim(2, 0..r)); // [b, t, r]
+        let ckv = linear(&self.kv_a_proj_with_mqa, x);
+        let c_kv = rms_norm(&self.kv_a_layernorm, ckv.clone().slice_dim(2, 0..r)); // [b, t, r]
         let k_pe = ckv.slice_dim(2, r..r + rope_d).reshape([b, 1, t, rope_d]); // [b, 1, t, rope]
 
         let offset = cache.as_ref().map_or(0, |c| c.len());
@@ -171,8 +174,10 @@ impl MultiHeadLatentAttention {
             cache => self.attend_naive(q_nope, q_pe, c_kv, k_pe, cache),
         }; // [b, h, t, v]
         // [b, h, t, v] -> [b, t, h * v]
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([b, t, h * self.v_head_dim]))
+        linear(
+            &self.o_proj,
+            out.swap_dims(1, 2).reshape([b, t, h * self.v_head_dim]),
+        )
     }
 
     /// Decompress per-head keys and values from the latents and attend as MHA would: training,
@@ -197,9 +202,7 @@ impl MultiHeadLatentAttention {
             self.v_head_dim,
         );
         // [b, T, r] -> [b, T, h * (nope + v)] -> [b, T, h, nope + v] -> [b, h, T, nope + v]
-        let kv = self
-            .kv_b_proj
-            .forward(c_kv)
+        let kv = linear(&self.kv_b_proj, c_kv)
             .reshape([b, t_kv, h, nope + v_d])
             .swap_dims(1, 2);
         let k_nope = kv.clone().slice_dim(3, 0..nope); // [b, h, T, nope]

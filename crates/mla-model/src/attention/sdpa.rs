@@ -7,11 +7,17 @@
 //! `t_q < t_k` we build the mask ourselves. It is passed as an additive bias (0 or -inf), not
 //! as a boolean mask: burn-tch hands a boolean mask to torch, where `true` means "attend", the
 //! opposite of burn's "masked", while a bias means the same on every backend.
+//!
+//! Under autodiff (training) the square causal case is spelled out instead, around a fused
+//! softmax with its own backward ([`crate::fused`]): burn differentiates its attention op
+//! through the dozen primitives its softmax is built from.
 
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{DType, Int, Tensor};
+use burn::tensor::{Bool, DType, Int, Tensor};
+
+use crate::fused::masked_softmax;
 
 /// `softmax(q k^T * scale) v`, causal, for queries at the last `t_q` of `t_k` positions.
 ///
@@ -26,7 +32,9 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) ->
         softcap: None,
         is_causal,
     };
-    if t_q == t_k {
+    if t_q == t_k && q.is_autodiff() {
+        training_attention(q, k, v, scale)
+    } else if t_q == t_k {
         attention(q, k, v, None, None, options(true))
     } else if t_q == 1 {
         last_position_attention(q, k, v, scale)
@@ -34,6 +42,22 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) ->
         let bias = future_bias(t_q, t_k, &q).expand([b, h, t_q, t_k]);
         attention(q, k, v, None, Some(bias), options(false))
     }
+}
+
+/// Square causal attention as three autodiff nodes: two matmuls around one fused softmax.
+///
+/// # Shapes
+/// - q: `[b, h, t, d_qk]`, k: `[b, h, t, d_qk]`, v: `[b, h, t, d_v]` -> `[b, h, t, d_v]`
+fn training_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+    let [b, h, t, _] = q.dims();
+    // [t, t]: true above the diagonal, the future of each query; a view broadcast to the scores
+    let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &q.device())
+        .reshape([1, 1, t, t])
+        .expand([b, h, t, t]);
+    // Scaling q rather than the scores touches d_qk numbers per query instead of t.
+    // [b, h, t, d_qk] @ [b, h, d_qk, t] -> [b, h, t, t]
+    let scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3));
+    masked_softmax(scores, future).matmul(v)
 }
 
 /// Attention for one decode step: every query sits at the last position, so it sees every
@@ -116,6 +140,32 @@ mod tests {
             let want = reference(q, k.clone(), v.clone(), 0.3);
             got.into_data()
                 .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-5));
+        }
+    }
+
+    /// Under autodiff the square case runs the spelled-out path around the fused softmax: same
+    /// output as the explicit reference, and the same gradients for q, k and v.
+    #[test]
+    fn training_path_matches_explicit_softmax_in_value_and_gradient() {
+        let d = dev().autodiff();
+        let n = Distribution::Normal(0.0, 1.0);
+        let q = Tensor::<4>::random([2, 3, 6, 5], n, &d).require_grad();
+        let k = Tensor::<4>::random([2, 3, 6, 5], n, &d).require_grad();
+        let v = Tensor::<4>::random([2, 3, 6, 4], n, &d).require_grad();
+        let weights = Tensor::<4>::random([2, 3, 6, 4], n, &d);
+        let got = causal_attention(q.clone(), k.clone(), v.clone(), 0.3);
+        let want = reference(q.clone(), k.clone(), v.clone(), 0.3);
+        let tol = Tolerance::absolute(1e-5);
+        got.clone()
+            .into_data()
+            .assert_approx_eq::<f32>(&want.clone().into_data(), tol);
+        let g_got = (got * weights.clone()).sum().backward();
+        let g_want = (want * weights).sum().backward();
+        for x in [q, k, v] {
+            x.grad(&g_got)
+                .unwrap()
+                .into_data()
+                .assert_approx_eq::<f32>(&x.grad(&g_want).unwrap().into_data(), tol);
         }
     }
 
