@@ -2,7 +2,7 @@
 # The main job: fetch Shakespeare's plays, train a byte-level BPE tokenizer on them, cut them
 # into token shards, and train configs/shakespeare-<arm>.toml (default: mla) on 2 CPU cores.
 #
-#   scripts/train-shakespeare.sh            # MLA, ~10 minutes
+#   scripts/train-shakespeare.sh            # MLA, ~9 minutes
 #   scripts/train-shakespeare.sh mha        # its MHA twin: same data, schedule and seed
 #   scripts/train-shakespeare.sh mla --set train.max_steps=50   # extra args go to `mla train`
 #

@@ -23,8 +23,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::tensor::{BoolTensor, FloatTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{Bool, Tensor};
-use burn::tensor::{FloatDType, Shape};
+use burn::tensor::{Bool, FloatDType, Shape, Tensor};
 
 /// The last dimension of `x`: every op here works along it.
 fn last_dim<T: TensorMetadata>(x: &T) -> usize {
