@@ -165,69 +165,65 @@ mod libtorch {
     }
 }
 
+/// What the gradient of a one-input fused op is computed from: its input or its output.
+enum Saved {
+    Input,
+    Output,
+}
+
+/// The gradient of a one-input fused op: `grad_fn(saved, g)`.
+type GradFn<B> = fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>;
+
+/// The autodiff node of every one-input fused op; its formula travels in the state.
+#[derive(Debug)]
+struct UnaryFused;
+
+impl<B: Backend> Backward<B, 1> for UnaryFused {
+    type State = (FloatTensor<B>, GradFn<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (saved, grad_fn) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| grad_fn(saved, grad));
+    }
+}
+
+/// One autodiff node: `forward` on the inner backend, `grad_fn(saved, g)` for its gradient.
+fn unary_node<B: Backend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    forward: impl FnOnce(FloatTensor<B>) -> FloatTensor<B>,
+    saved: Saved,
+    grad_fn: GradFn<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    let (x, node) = x.into_parts();
+    match UnaryFused.prepare::<C>([node]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => match saved {
+            Saved::Input => prep.finish((x.clone(), grad_fn), forward(x)),
+            Saved::Output => {
+                let y = forward(x);
+                prep.finish((y.clone(), grad_fn), y)
+            }
+        },
+        OpsKind::UnTracked(prep) => prep.finish(forward(x)),
+    }
+}
+
 impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn masked_softmax(x: FloatTensor<Self>, mask: BoolTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct MaskedSoftmax;
-
-        impl<B: Backend + FusedOps> Backward<B, 1> for MaskedSoftmax {
-            type State = FloatTensor<B>; // the output: the gradient needs nothing else
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                let y = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    B::softmax_backward(y, grad)
-                });
-            }
-        }
-
-        let (x, node) = x.into_parts();
-        match MaskedSoftmax
-            .prepare::<C>([node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::masked_softmax(x, mask);
-                prep.finish(y.clone(), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::masked_softmax(x, mask)),
-        }
+        let forward = |x| B::masked_softmax(x, mask);
+        unary_node::<B, C>(x, forward, Saved::Output, B::softmax_backward)
     }
 
     fn log_softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct LogSoftmax;
+        unary_node::<B, C>(
+            x,
+            B::log_softmax_last,
+            Saved::Output,
+            B::log_softmax_last_backward,
+        )
+    }
 
-        impl<B: Backend + FusedOps> Backward<B, 1> for LogSoftmax {
-            type State = FloatTensor<B>; // the output
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                let y = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    B::log_softmax_last_backward(y, grad)
-                });
-            }
-        }
-
-        let (x, node) = x.into_parts();
-        match LogSoftmax.prepare::<C>([node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let y = B::log_softmax_last(x);
-                prep.finish(y.clone(), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::log_softmax_last(x)),
-        }
+    fn silu_fused(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        unary_node::<B, C>(x, B::silu_fused, Saved::Input, B::silu_fused_backward)
     }
 
     fn rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
@@ -282,33 +278,6 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish((x, gamma, rstd), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::rms_norm(x, gamma, eps)),
-        }
-    }
-
-    fn silu_fused(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Silu;
-
-        impl<B: Backend + FusedOps> Backward<B, 1> for Silu {
-            type State = FloatTensor<B>; // the input
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                let x = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    B::silu_fused_backward(x, grad)
-                });
-            }
-        }
-
-        let (x, node) = x.into_parts();
-        match Silu.prepare::<C>([node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(x.clone(), B::silu_fused(x)),
-            OpsKind::UnTracked(prep) => prep.finish(B::silu_fused(x)),
         }
     }
 }
