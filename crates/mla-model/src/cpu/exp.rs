@@ -19,6 +19,7 @@
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        #[cfg(feature = "x86-v4")]
         if let Some(simd) = pulp::x86::V4::try_new() {
             return simd.vectorize(f);
         }
