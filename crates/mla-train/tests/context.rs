@@ -65,14 +65,18 @@ fn a_context_extended_finetune_starts_from_the_source_weights() {
     let data = data();
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base");
-    run_ok(train_cmd(&data, &base, &["train.max_steps=10"]));
+    run_ok(train_cmd(&data, &base, &[]));
 
-    // max_seq_len 64 -> 128 with YaRN x2, trained at 128.
+    // max_seq_len 64 -> 128 with YaRN x2 and another rope_theta, trained at 128. The first
+    // step's loss must equal the source's under the new RoPE within 2e-6 (a few f32 ulps; it
+    // is bit-equal on flex), and the new RoPE must move it by more than 1e-5 (this small model
+    // uses position little), so that a trainer ignoring it would fail.
     let ft = tmp.path().join("ft");
     let sets = [
         "model.max_seq_len=128",
         "train.seq_len=128",
         YARN,
+        "model.rope_theta=100.0",
         "train.max_steps=1",
         "log.every=1",
         "schedule.warmup_steps=0",
@@ -80,7 +84,9 @@ fn a_context_extended_finetune_starts_from_the_source_weights() {
     let out = run_ok(finetune(&base, &ft, &data, &sets));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("context extension: max_seq_len: 64 vs 128") && err.contains("rope_scaling"),
+        err.contains("context extension: max_seq_len: 64 vs 128")
+            && err.contains("rope_scaling")
+            && err.contains("rope_theta: 10000.0 vs 100.0"),
         "{err}"
     );
     let cfg = RunConfig::from_resolved_file(&ft.join("config.toml")).unwrap();
@@ -88,14 +94,18 @@ fn a_context_extended_finetune_starts_from_the_source_weights() {
     let logged = f32::from_bits(train_losses(&ft)[0].1);
     let expected = first_step_loss(&cfg, &base);
     assert!(
-        (logged - expected).abs() <= 1e-5,
+        (logged - expected).abs() <= 2e-6,
         "first step {logged}, source evaluated with the new RoPE {expected}"
     );
-    // The RoPE settings matter: without YaRN the same batch scores differently.
+    // The RoPE settings matter: with the source's RoPE the same batch scores differently.
     let mut plain = cfg.clone();
     plain.model.rope_scaling = None;
+    plain.model.rope_theta = 10000.0;
     let without = first_step_loss(&plain, &base);
-    assert!((without - expected).abs() > 1e-4, "{without} vs {expected}");
+    assert!(
+        (without - expected).abs() > 1e-5,
+        "{without} vs {expected} (logged {logged})"
+    );
 
     // A changed width (or anything else) is still refused, naming it.
     let bad = tmp.path().join("bad");

@@ -78,8 +78,8 @@ pub fn run_finetune(args: FinetuneArgs) -> anyhow::Result<()> {
         Some(&stored.model.to_section()),
     )
     .with_context(|| format!("invalid config {}", args.config.display()))?;
-    let (context, _) = cfg.model.context_extension_of(&stored.model);
-    if !context.is_empty() {
+    let (context, other) = cfg.model.context_extension_of(&stored.model);
+    if !context.is_empty() && other.is_empty() {
         eprintln!("context extension: {}", context.join(", "));
     }
     let run_dir = args
