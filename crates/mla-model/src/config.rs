@@ -873,7 +873,7 @@ fn check_partial_rope(p: &PartialRope, attention: &AttentionConfig) -> Result<()
                 ));
             }
             let kv = a.n_kv_heads;
-            if p.pairs.is_empty() || p.pairs.len() % kv != 0 {
+            if p.pairs.is_empty() || !p.pairs.len().is_multiple_of(kv) {
                 return Err(err(
                     key,
                     format!(

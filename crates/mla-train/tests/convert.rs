@@ -189,16 +189,46 @@ fn gqa_and_mqa_convert() {
     let tmp = tempfile::tempdir().unwrap();
     let gqa = train_standard(&data, tmp.path(), "gqa", 2);
     let out = tmp.path().join("from-gqa");
-    run_ok(convert_cmd(
-        &gqa,
-        &out,
-        24,
-        8,
-        &["--rope-select", "high", "--balance-kv"],
-    ));
+    let opts = [
+        "--rope-select",
+        "high",
+        "--balance-kv",
+        "--calib",
+        &data.train,
+        "--calib-tokens",
+        "1024",
+    ];
+    run_ok(convert_cmd(&gqa, &out, 24, 8, &opts));
     let rep = report(&out);
     assert_eq!(rep["pairs"], serde_json::json!([[0, 1], [0, 1]]));
     assert!(rep["layers"][0]["kv_balance"].as_f64().unwrap() != 1.0);
+    // The same model exported as an HF Llama directory (rotate-half weights) converts to the
+    // same function.
+    let hf_dir = tmp.path().join("gqa-hf");
+    run_ok({
+        let mut c = mla();
+        c.arg("export").arg(&gqa).arg("--out").arg(&hf_dir);
+        c
+    });
+    let from_hf = tmp.path().join("from-gqa-hf");
+    run_ok(convert_cmd(&hf_dir, &from_hf, 24, 8, &opts));
+    let loss = |dir: &Path| {
+        report(dir)["calibration_loss"]["converted"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        (loss(&out) - loss(&from_hf)).abs() < 1e-4,
+        "{} vs {}",
+        loss(&out),
+        loss(&from_hf)
+    );
+    assert!(
+        report(&from_hf)["source"]
+            .as_str()
+            .unwrap()
+            .contains("HF Llama")
+    );
 
     let mqa = train_standard(&data, tmp.path(), "mqa", 1);
     let out = tmp.path().join("from-mqa");

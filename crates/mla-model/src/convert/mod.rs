@@ -142,7 +142,7 @@ fn plan(cfg: &ModelConfig, opts: &ConvertOptions) -> Result<Plan, ConvertError> 
     };
     let (hd, kv, d) = (a.head_dim, a.n_kv_heads, opts.qk_rope_head_dim);
     let rope_err = |reason: String| ConvertError::RopeDim { got: d, reason };
-    if d == 0 || d % (2 * kv) != 0 {
+    if d == 0 || !d.is_multiple_of(2 * kv) {
         return Err(rope_err(format!(
             "must be a positive multiple of 2 x n_kv_heads = {}: the shared rotary key holds \
              the same number of rotary pairs of each of the {kv} key/value heads",
