@@ -3,7 +3,7 @@
 # into .venv/ at the workspace root, for building burn's `tch` backend (`--features tch`), and
 # optionally the Python packages of the PyTorch reference in scripts/reference/.
 #
-# Usage: scripts/setup-libtorch.sh [--cpu] [--with-python-tests]
+# Usage: scripts/setup-libtorch.sh [--cpu] [--with-python-tests] [--torch VERSION] [--venv DIR]
 #
 #   (no flag)            full install: `pip install torch==2.9.0`, the CUDA build with its
 #                        nvidia-* wheels (~6.7 GB). Needed to train on a GPU.
@@ -14,6 +14,14 @@
 #                        see install_slim below).
 #   --with-python-tests  also `pip install -r scripts/reference/requirements.txt` (transformers,
 #                        safetensors, numpy; exact pins) into the same venv.
+#   --torch VERSION      another torch than 2.9.0, to build for a machine that has that one
+#                        (a GPU machine without a Rust toolchain: the binary must be linked
+#                        against its libtorch). Full installs only. tch 0.22 is written for
+#                        2.9; the env file then sets LIBTORCH_BYPASS_VERSION_CHECK=1. Checked:
+#                        2.11.0 (+cu130) builds, and the tch test suite passes on its CPU device.
+#   --venv DIR           the venv to install into (default .venv); keep one per torch version,
+#                        and one target dir per venv (e.g. --venv .venv-2.11 with
+#                        --target-dir target-gpu).
 #
 # Idempotent: a torch==2.9.0 that imports is left alone. At the end it prints the environment
 # to build with and writes the same lines to .venv/libtorch.env:
@@ -34,7 +42,6 @@ CUDA_WHEEL_VERSION=12.8.90
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-ENV_FILE="$VENV/libtorch.env"
 REQUIREMENTS="$ROOT/scripts/reference/requirements.txt"
 
 log() { echo "setup-libtorch: $*" >&2; }
@@ -46,20 +53,42 @@ usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 
 variant=full
 python_tests=0
-for arg in "$@"; do
-    case "$arg" in
+default_torch="$TORCH_VERSION"
+while [[ $# -gt 0 ]]; do
+    case "$1" in
         --cpu) variant=cpu ;;
         --with-python-tests) python_tests=1 ;;
+        --torch)
+            [[ $# -ge 2 ]] || die "--torch needs a version, e.g. --torch 2.11.0"
+            TORCH_VERSION="$2"
+            shift
+            ;;
+        --venv)
+            [[ $# -ge 2 ]] || die "--venv needs a directory"
+            VENV="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
+            shift
+            ;;
         -h | --help)
             usage
             exit 0
             ;;
         *)
             usage >&2
-            die "unknown argument '$arg'"
+            die "unknown argument '$1'"
             ;;
     esac
+    shift
 done
+ENV_FILE="$VENV/libtorch.env"
+if [[ "$TORCH_VERSION" != "$default_torch" && $variant == cpu ]]; then
+    die "--cpu is the slim recipe for torch $default_torch (it pins that build's CUDA runtime" \
+        "wheels); for torch $TORCH_VERSION use the full install (drop --cpu)"
+fi
+# tch 0.22 checks for libtorch 2.9 at build time; another version builds with the check off.
+bypass_line=""
+if [[ "$TORCH_VERSION" != "$default_torch" ]]; then
+    bypass_line="export LIBTORCH_BYPASS_VERSION_CHECK=1"
+fi
 
 # Writes the environment lines to .venv/libtorch.env and prints them.
 write_env() {
@@ -332,7 +361,7 @@ EOF
 }
 
 install_full() {
-    log "installing torch==$TORCH_VERSION (full CUDA build, ~6.7 GB)"
+    log "installing torch==$TORCH_VERSION (full CUDA build with its nvidia-* wheels: 4.5-7 GB)"
     # shellcheck disable=SC2086 # $1 is an optional flag
     pip_install $1 "torch==$TORCH_VERSION"
 }
@@ -412,6 +441,7 @@ else
         "# Written by scripts/setup-libtorch.sh: full (CUDA) libtorch $TORCH_VERSION from PyPI." \
         "export LIBTORCH_USE_PYTORCH=1" \
         "unset LIBTORCH LIBTORCH_LIB" \
+        ${bypass_line:+"$bypass_line"} \
         "export VIRTUAL_ENV=\"$VENV\"" \
         "export PATH=\"$VENV/bin:\$PATH\"" \
         "$(ld_line "$dir/lib")"

@@ -5,7 +5,9 @@
 One safetensors file per case, with every weight under its HF name in HF layout (float32; ~ N(0, INIT_STD), norms
 1 + 0.1 N(0, 1)),
 `input_ids` / `targets` (int64 [B, T]), `logits` (float32 [B, T, V]), `loss` (float32 [1]) and
-`grad.<name>` (float32) for a few weights; metadata "config" is the case's `[model]` section as
+`grad.<name>` (float32) for a few weights, and for MLA cases `decode_logits` (float32
+[B, T - DECODE_FROM, V]): positions DECODE_FROM.. fed one token at a time through the latent
+cache with absorbed weights (model.absorbed_decode_logits); metadata "config" is the case's `[model]` section as
 JSON (TOML key names), plus "generator" and "torch_version". Seeded: reruns give the same bytes
 on the same torch version and CPU.
 """
@@ -20,12 +22,14 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model import LM, Config, init_weights  # noqa: E402
+from model import LM, Config, absorbed_decode_logits, init_weights  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DEFAULT_OUT = os.path.join(ROOT, "crates", "mla-model", "tests", "fixtures")
 SEED = 1234
 B, T = 2, 7
+# The Rust test prefills the first DECODE_FROM tokens, then decodes the rest one by one.
+DECODE_FROM = 3
 # Weights ~ N(0, 0.2), not a training init's 0.02: at 0.02 attention is nearly uniform and the
 # logits barely depend on it (a wrong YaRN factor or a missing mscale^2 moves them by < 1e-4,
 # a wrong RoPE pairing by ~5e-4), so the fixtures could not catch those bugs at the tolerance.
@@ -82,6 +86,11 @@ def make_case(name: str, section: dict) -> tuple[dict, dict]:
                    loss=loss.detach().reshape(1))
     for g in grad_names(cfg):
         tensors["grad." + g] = params[g].grad.detach().clone()
+    if cfg.is_mla:
+        decode = absorbed_decode_logits(model, input_ids, DECODE_FROM)
+        # The absorbed path is the same function as the full forward, computed another way.
+        assert (decode - logits[:, DECODE_FROM:]).abs().max() < 1e-4, name
+        tensors["decode_logits"] = decode
     metadata = {
         "config": json.dumps(cfg.to_dict(), sort_keys=True),
         "generator": "scripts/reference/make_fixtures.py",

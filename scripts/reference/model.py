@@ -354,6 +354,60 @@ class LM(nn.Module):
 
 
 @torch.no_grad()
+def absorbed_decode_logits(model: LM, input_ids: torch.Tensor, prefill: int) -> torch.Tensor:
+    """Logits [B, T - prefill, V] of positions prefill..T-1 of an MLA model, fed input_ids one
+    token at a time through a latent cache with the up-projections absorbed.
+
+    Per layer the cache holds only c_kv = kv_a_layernorm(c) [B, t, kv_lora] and the rotated
+    k_pe [B, t, rope] of every token so far. W_UK (kv_b_proj's key rows) is folded into the
+    query, W_UV (its value rows) into the output, as DeepSeek-V3's inference code does with
+    attn_impl="absorb":
+
+        scores = (q_nope W_UK) . c_kv + q_pe . k_pe,   ctx = softmax(scale * scores) c_kv,
+        out    = o_proj(ctx W_UV^T)
+
+    Written apart from LatentAttention.forward on purpose: it must agree with it (and with
+    the Rust decode path) without sharing its code.
+    """
+    cfg = model.cfg
+    assert cfg.is_mla, "absorption is an MLA inference path"
+    B, T = input_ids.shape
+    h, nope, rope, vd, r = (cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim,
+                            cfg.v_head_dim, cfg.kv_lora_rank)
+    cos, sin = rope_tables(cfg, T)
+    scale = cfg.softmax_scale()
+    cache_c = [torch.zeros(B, 0, r) for _ in model.model.layers]
+    cache_pe = [torch.zeros(B, 0, rope) for _ in model.model.layers]
+    head = model.model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
+    out = []
+    for t in range(T):
+        x = model.model.embed_tokens(input_ids[:, t:t + 1])  # [B, 1, d]
+        cos_t, sin_t = cos[t:t + 1], sin[t:t + 1]
+        for i, layer in enumerate(model.model.layers):
+            a = layer.self_attn
+            y = layer.input_layernorm(x)
+            q = a.q_b_proj(a.q_a_layernorm(a.q_a_proj(y))) if cfg.q_lora_rank else a.q_proj(y)
+            q = q.view(B, h, nope + rope)
+            q_nope, q_pe = q[..., :nope], apply_rope(q[..., nope:], cos_t, sin_t, cfg.rope_style)
+            c, k_pe = a.kv_a_proj_with_mqa(y)[:, 0].split([r, rope], dim=-1)  # [B, r], [B, rope]
+            k_pe = apply_rope(k_pe[:, None], cos_t, sin_t, cfg.rope_style)  # [B, 1, rope]
+            cache_c[i] = torch.cat([cache_c[i], a.kv_a_layernorm(c)[:, None]], dim=1)
+            cache_pe[i] = torch.cat([cache_pe[i], k_pe], dim=1)
+            w = a.kv_b_proj.weight.view(h, nope + vd, r)  # HF layout [out, in], per head
+            w_uk, w_uv = w[:, :nope], w[:, nope:]  # [h, nope, r], [h, v, r]
+            q_latent = torch.einsum("bhn,hnr->bhr", q_nope, w_uk)
+            scores = (torch.einsum("bhr,btr->bht", q_latent, cache_c[i])
+                      + torch.einsum("bhp,btp->bht", q_pe, cache_pe[i])) * scale
+            ctx = torch.einsum("bht,btr->bhr", scores.softmax(dim=-1), cache_c[i])
+            o = torch.einsum("bhr,hvr->bhv", ctx, w_uv).reshape(B, 1, h * vd)
+            x = x + a.o_proj(o)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        if t >= prefill:
+            out.append(model.model.norm(x) @ head.T)
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
 def init_weights(model: LM, std: float = 0.02) -> None:
     """Linear/embedding weights ~ N(0, std); norm weights 1 + 0.1 N(0, 1) so that they matter.
 

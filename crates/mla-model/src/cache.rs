@@ -215,6 +215,11 @@ impl KvCache {
         self.mode
     }
 
+    /// Layer `i`'s cache (to inspect it, or to set its absorbed weights before decoding).
+    pub fn layer_mut(&mut self, i: usize) -> &mut LayerCache {
+        &mut self.layers[i]
+    }
+
     /// Tokens cached so far.
     pub fn len(&self) -> usize {
         self.layers.first().map_or(0, LayerCache::len)

@@ -8,6 +8,7 @@ pub mod block;
 pub mod cache;
 pub mod config;
 pub mod convert;
+pub mod cpu;
 // The libtorch route of the fused ops names burn-tch, deprecated in burn 0.22 but our libtorch
 // path (see mla-train's device.rs); the dispatch code the extension macro generates cannot carry
 // a narrower allow.

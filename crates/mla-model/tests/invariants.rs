@@ -284,3 +284,59 @@ fn random_init_has_the_documented_std() {
         "o_proj std {o} vs {expected}"
     );
 }
+
+/// The fused attention op (training's default) and the explicit path it replaced give one
+/// model the same logits, loss and gradient of every parameter, for every variant.
+#[test]
+fn fused_attention_trains_like_the_explicit_path() {
+    use burn::module::{ModuleVisitor, Param};
+    use mla_model::attention::sdpa::{AttentionKernel, set_attention_kernel};
+
+    /// Every parameter's gradient, flattened, in visiting order.
+    struct Grads<'a>(&'a GradientsParams, Vec<Vec<f32>>);
+    impl ModuleVisitor for Grads<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let g = self
+                .0
+                .get::<D>(param.id)
+                .expect("every parameter has a gradient");
+            self.1.push(g.into_data().try_into_vec::<f32>().unwrap());
+        }
+    }
+
+    let train = device().autodiff();
+    for (name, cfg) in variants() {
+        train.seed(4);
+        let model = Lm::new(&cfg, &train);
+        let seq = random_tokens(2, 21, cfg.vocab_size, 9);
+        let inputs: Vec<Vec<i64>> = seq.iter().map(|r| r[..20].to_vec()).collect();
+        let targets: Vec<Vec<i64>> = seq.iter().map(|r| r[1..].to_vec()).collect();
+        let to = |rows: &[Vec<i64>]| tokens(rows).to_device(&train);
+        let run = |kernel| {
+            set_attention_kernel(kernel);
+            let logits = model.forward(to(&inputs));
+            let loss = mla_model::cross_entropy(logits.clone(), to(&targets));
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let mut v = Grads(&grads, vec![]);
+            model.visit(&mut v);
+            (logits.inner(), v.1)
+        };
+        let (fused_logits, fused) = run(AttentionKernel::Fused);
+        let (explicit_logits, explicit) = run(AttentionKernel::Explicit);
+        set_attention_kernel(AttentionKernel::Fused);
+        close(fused_logits, explicit_logits, 1e-5, name);
+        assert_eq!(fused.len(), explicit.len());
+        for (i, (a, b)) in fused.iter().zip(&explicit).enumerate() {
+            let scale = b.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-4 * scale,
+                "{name}: parameter {i}'s gradient off by {worst} (scale {scale})"
+            );
+        }
+    }
+}

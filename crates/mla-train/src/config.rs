@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use mla_model::attention::sdpa::AttentionKernel;
 use mla_model::{ModelConfig, ModelSection};
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +86,9 @@ pub struct TrainSection {
     /// `cpu` (burn flex), `tch-cpu`, `cuda`, `cuda:N` (the last three need `--features tch`).
     pub device: String,
     pub dtype: TrainDType,
+    /// `fused` (default): attention as one op with its own backward, memory linear in the
+    /// context; `explicit`: scores materialised, as before it (to compare against).
+    pub attention_kernel: AttentionKernel,
 }
 
 impl Default for TrainSection {
@@ -98,6 +102,7 @@ impl Default for TrainSection {
             seed: 1337,
             device: "cpu".into(),
             dtype: TrainDType::F32,
+            attention_kernel: AttentionKernel::Fused,
         }
     }
 }

@@ -57,6 +57,8 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Train
     let ckpt_dir = checkpoint_dir(cfg, run_dir);
     let spec = device::parse(&cfg.train.device)?;
     let device = spec.device()?;
+    // Model code on this thread (training and evaluation) runs this attention kernel.
+    mla_model::attention::sdpa::set_attention_kernel(cfg.train.attention_kernel);
     let train_device = device.clone().autodiff();
 
     // Resume, or refuse to clobber a run that has checkpoints.

@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
-use super::sdpa::{causal_attention, last_position_attention};
+use super::sdpa::causal_attention;
 use crate::cache::LayerCache;
 use crate::config::{ModelConfig, StandardAttention};
 use crate::init;
@@ -63,40 +63,14 @@ impl MultiHeadAttention {
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let q = rope.apply(q, offset);
         let k = rope.apply(k, offset);
-        let groups = h / kv;
-        let out = match cache {
-            Some(cache) => {
-                let (k, v) = cache.append_kv(k, v); // [b, kv, offset + t, hd]
-                if t == 1 {
-                    // A decode step reads the whole cache: rather than copying each K/V head
-                    // for its `groups` query heads, fold those heads into query rows.
-                    // [b, h, 1, hd] -> [b, kv, groups, hd] (head i = kv head i / groups)
-                    let q = q.reshape([b, kv, groups, hd]);
-                    last_position_attention(q, k, v, self.scale).reshape([b, h, 1, hd])
-                } else {
-                    // Prefill is compute-bound and folded rows would need a causal mask per
-                    // group: copy K/V per query head, as in training.
-                    causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), self.scale)
-                }
-            }
-            None => causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), self.scale),
+        // With a cache, attend over everything it holds: [b, kv, offset + t, hd]. GQA/MQA K/V
+        // heads are shared by their query heads inside the core, never copied here.
+        let (k, v) = match cache {
+            Some(cache) => cache.append_kv(k, v),
+            None => (k, v),
         };
+        let out = causal_attention(q, k, v, self.scale); // [b, h, t, hd]
         // [b, h, t, hd] -> [b, t, h * hd]
         linear(&self.o_proj, out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
-}
-
-/// Give each of the `groups` query heads of a K/V head its own copy.
-///
-/// # Shapes
-/// - x: `[b, kv, t, d]` -> `[b, kv * groups, t, d]` (head `i` is K/V head `i / groups`)
-pub fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
-    if groups == 1 {
-        return x;
-    }
-    let [b, kv, t, d] = x.dims();
-    // [b, kv, 1, t, d] -> [b, kv, groups, t, d] -> [b, kv * groups, t, d]
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, kv, groups, t, d])
-        .reshape([b, kv * groups, t, d])
 }

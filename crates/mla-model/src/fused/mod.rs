@@ -16,6 +16,10 @@
 //! The trait's default bodies are those formulas in backend primitives (what flex runs);
 //! libtorch overrides them with its fused kernels. `Autodiff<B>` wires forward and backward
 //! together. The wrappers at the bottom are the model's entry points.
+//!
+//! Attention, the largest of them, has its own room: [`attention`].
+
+pub mod attention;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
