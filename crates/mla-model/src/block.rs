@@ -22,7 +22,7 @@ pub struct Block {
 
 impl Block {
     pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
-        let out_std = init::out_std(cfg.init_std, cfg.n_layers);
+        let out_std = init::out_std(cfg);
         Self {
             input_layernorm: init::rms_norm(cfg.d_model, cfg.rms_norm_eps, device),
             self_attn: Attention::new(cfg, device),

@@ -149,6 +149,45 @@ impl YarnConfig {
     }
 }
 
+/// How weights are initialised (`[model] init`); see [`crate::init`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitScheme {
+    /// GPT-2 / torchtitan: N(0, init_std^2) (default std 0.02), the residual-facing output
+    /// projections (`o_proj`, `down_proj`) scaled down by sqrt(2 * n_layers).
+    #[default]
+    Gpt2,
+    /// DeepSeek-V2 (arXiv:2405.04434, section 3.1.2): every weight N(0, init_std^2) with
+    /// default std 0.006, no depth scaling.
+    Deepseek,
+}
+
+impl InitScheme {
+    pub fn default_std(self) -> f64 {
+        match self {
+            Self::Gpt2 => 0.02,
+            Self::Deepseek => 0.006,
+        }
+    }
+}
+
+/// Partial RoPE as MHA2MLA (arXiv:2502.14837) defines it: rotary position on some frequency
+/// pairs only, the other dims carrying none. Written by `mla convert`.
+///
+/// The frequencies are those of a `dim`-wide RoPE (`rope_theta`, and YaRN where configured,
+/// computed at that width): entry `p` of `pairs` stands for frequency `theta^(-2p/dim)`.
+/// - mha/gqa/mqa (`dim` = `head_dim`): `pairs` holds `k` pairs for each key/value head,
+///   head-major; head `g` rotates its pairs `pairs[g*k..(g+1)*k]` and leaves the rest of its
+///   dims unrotated (query heads follow their key/value head).
+/// - mla: pair `i` of the rope slice (`qk_rope_head_dim / 2` of them) turns at the frequency
+///   of `pairs[i]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialRope {
+    pub dim: usize,
+    pub pairs: Vec<usize>,
+}
+
 /// The `[model]` TOML section as written by a user: every key optional so that `preset` can
 /// supply the rest. See [`ModelSection::resolve`] for defaults and checks.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -206,9 +245,15 @@ pub struct ModelSection {
     pub dtype: Option<DType>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rms_norm_eps: Option<f64>,
-    /// Std of the normal init (output projections get std / sqrt(2 * n_layers)).
+    /// Std of the normal init (default: the scheme's, 0.02 for gpt2, 0.006 for deepseek).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_std: Option<f64>,
+    /// Init scheme: `gpt2` (default) or `deepseek` (see [`InitScheme`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitScheme>,
+    /// Partial RoPE (see [`PartialRope`]); absent = every pair of the rotated dims turns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partial_rope: Option<PartialRope>,
 }
 
 /// A `[model]` key that failed validation, and how to fix it.
@@ -273,7 +318,13 @@ pub struct ModelConfig {
     pub dtype: DType,
     pub rms_norm_eps: f64,
     pub init_std: f64,
+    pub init: InitScheme,
+    pub partial_rope: Option<PartialRope>,
 }
+
+/// The `[model]` fields a context extension changes: a fine-tune (or an evaluation) may load
+/// weights into a model that differs from theirs in these only.
+pub const CONTEXT_FIELDS: [&str; 3] = ["max_seq_len", "rope_scaling", "rope_theta"];
 
 impl ModelConfig {
     pub fn kind(&self) -> AttentionKind {
@@ -335,6 +386,8 @@ impl ModelConfig {
             dtype: Some(self.dtype),
             rms_norm_eps: Some(self.rms_norm_eps),
             init_std: Some(self.init_std),
+            init: Some(self.init),
+            partial_rope: self.partial_rope.clone(),
             ..Default::default()
         };
         match self.attention {
@@ -382,6 +435,16 @@ impl ModelConfig {
                 format!("{k}: {} vs {}", show(a.get(k)), show(b.get(k)))
             })
             .collect()
+    }
+
+    /// The fields in which `self` differs from `source`, split into those a context extension
+    /// may change ([`CONTEXT_FIELDS`]) and all others, each as `field: source vs self`.
+    pub fn context_extension_of(&self, source: &ModelConfig) -> (Vec<String>, Vec<String>) {
+        source.differing_fields(self).into_iter().partition(|f| {
+            CONTEXT_FIELDS
+                .iter()
+                .any(|k| f.starts_with(&format!("{k}: ")))
+        })
     }
 }
 
@@ -515,7 +578,7 @@ impl ModelSection {
         overlay!(base, over: attention, vocab_size, d_model, n_layers, n_heads, n_kv_heads,
             head_dim, q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim,
             d_ff, max_seq_len, rope_theta, rope_style, rope_scaling, tie_embeddings, dtype,
-            rms_norm_eps, init_std);
+            rms_norm_eps, init_std, init, partial_rope);
         // A switch of attention family drops the preset's keys of the other family.
         if over.attention.is_some() {
             let mla = over.attention == Some(AttentionKind::Mla);
@@ -741,9 +804,13 @@ impl ModelSection {
                 format!("must be positive, got {rms_norm_eps}"),
             ));
         }
-        let init_std = s.init_std.unwrap_or(0.02);
+        let init = s.init.unwrap_or_default();
+        let init_std = s.init_std.unwrap_or(init.default_std());
         if !(init_std.is_finite() && init_std > 0.0) {
             return Err(err("init_std", format!("must be positive, got {init_std}")));
+        }
+        if let Some(p) = &s.partial_rope {
+            check_partial_rope(p, &attention)?;
         }
         Ok(ModelConfig {
             vocab_size,
@@ -760,8 +827,74 @@ impl ModelSection {
             dtype: s.dtype.unwrap_or_default(),
             rms_norm_eps,
             init_std,
+            init,
+            partial_rope: s.partial_rope,
         })
     }
+}
+
+fn check_partial_rope(p: &PartialRope, attention: &AttentionConfig) -> Result<(), ConfigError> {
+    let key = "partial_rope";
+    if p.dim == 0 || p.dim % 2 == 1 {
+        return Err(err(
+            key,
+            format!("dim must be even and positive, got {}", p.dim),
+        ));
+    }
+    if let Some(&bad) = p.pairs.iter().find(|&&i| i >= p.dim / 2) {
+        return Err(err(
+            key,
+            format!(
+                "pair {bad} is out of range: a {}-wide RoPE has pairs 0..{}",
+                p.dim,
+                p.dim / 2
+            ),
+        ));
+    }
+    match *attention {
+        AttentionConfig::Latent(l) => {
+            if p.pairs.len() * 2 != l.qk_rope_head_dim {
+                return Err(err(
+                    key,
+                    format!(
+                        "gives {} pairs but the rope slice (qk_rope_head_dim = {}) has {}",
+                        p.pairs.len(),
+                        l.qk_rope_head_dim,
+                        l.qk_rope_head_dim / 2
+                    ),
+                ));
+            }
+        }
+        AttentionConfig::Standard(a) => {
+            if p.dim != a.head_dim {
+                return Err(err(
+                    key,
+                    format!("dim must equal head_dim = {} for {}", a.head_dim, a.kind),
+                ));
+            }
+            let kv = a.n_kv_heads;
+            if p.pairs.is_empty() || !p.pairs.len().is_multiple_of(kv) {
+                return Err(err(
+                    key,
+                    format!(
+                        "needs the same positive number of pairs for each of the {kv} key/value \
+                         heads, got {} pairs",
+                        p.pairs.len()
+                    ),
+                ));
+            }
+            let k = p.pairs.len() / kv;
+            for head in p.pairs.chunks(k) {
+                let mut sorted = head.to_vec();
+                sorted.sort_unstable();
+                sorted.dedup();
+                if sorted.len() != k {
+                    return Err(err(key, format!("a head lists a pair twice: {head:?}")));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -903,6 +1036,83 @@ mod tests {
         let expected = m * m / 192f64.sqrt();
         assert!((cfg.softmax_scale() - expected).abs() < 1e-12);
         assert_eq!(cfg.rope_scaling.unwrap().attention_factor(), 1.0);
+    }
+
+    #[test]
+    fn init_scheme_sets_the_default_std() {
+        let base = "attention = 'mha'\nvocab_size = 10\nd_model = 16\nn_layers = 2\nn_heads = 2\nmax_seq_len = 8\n";
+        let gpt2 = section(base).resolve().unwrap();
+        assert_eq!((gpt2.init, gpt2.init_std), (InitScheme::Gpt2, 0.02));
+        let ds = section(&format!("{base}init = 'deepseek'"))
+            .resolve()
+            .unwrap();
+        assert_eq!((ds.init, ds.init_std), (InitScheme::Deepseek, 0.006));
+        let explicit = section(&format!("{base}init = 'deepseek'\ninit_std = 0.01"))
+            .resolve()
+            .unwrap();
+        assert_eq!(explicit.init_std, 0.01);
+        assert_eq!(crate::init::out_std(&ds), 0.006, "no depth scaling");
+        assert!(
+            (crate::init::out_std(&gpt2) - 0.01).abs() < 1e-15,
+            "0.02 / sqrt(4)"
+        );
+        let e = toml::from_str::<ModelSection>("init = 'xavier'").unwrap_err();
+        assert!(e.to_string().contains("deepseek"), "{e}");
+    }
+
+    #[test]
+    fn partial_rope_is_checked_against_the_heads() {
+        let mha = "attention = 'gqa'\nvocab_size = 10\nd_model = 32\nn_layers = 1\nn_heads = 4\nn_kv_heads = 2\nmax_seq_len = 8\n";
+        let ok = section(&format!(
+            "{mha}partial_rope = {{ dim = 8, pairs = [0, 3, 1, 2] }}"
+        ));
+        assert_eq!(
+            ok.resolve().unwrap().partial_rope.unwrap().pairs,
+            vec![0, 3, 1, 2]
+        );
+        let mla = "attention = 'mla'\nvocab_size = 10\nd_model = 32\nn_layers = 1\nn_heads = 4\nqk_rope_head_dim = 4\nmax_seq_len = 8\n";
+        assert!(
+            section(&format!(
+                "{mla}partial_rope = {{ dim = 16, pairs = [5, 5] }}"
+            ))
+            .resolve()
+            .is_ok()
+        );
+        for (base, rope, needle) in [
+            (mha, "{ dim = 8, pairs = [0, 4] }", "out of range"),
+            (
+                mha,
+                "{ dim = 8, pairs = [0, 1, 2] }",
+                "same positive number",
+            ),
+            (mha, "{ dim = 8, pairs = [1, 1, 2, 3] }", "twice"),
+            (mha, "{ dim = 6, pairs = [0, 1] }", "head_dim = 8"),
+            (mla, "{ dim = 16, pairs = [0, 1, 2] }", "has 2"),
+            (mla, "{ dim = 7, pairs = [0, 1] }", "even"),
+        ] {
+            let e = section(&format!("{base}partial_rope = {rope}"))
+                .resolve()
+                .unwrap_err();
+            assert_eq!(e.key, "partial_rope");
+            assert!(e.to_string().contains(needle), "{rope}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_context_extension_changes_only_context_fields() {
+        let a = ModelConfig::preset("tiny-mla").unwrap();
+        let mut b = a.clone();
+        b.max_seq_len = 256;
+        b.rope_theta = 50000.0;
+        b.rope_scaling = ModelConfig::preset("deepseek-v2-lite-attn")
+            .unwrap()
+            .rope_scaling;
+        let (context, other) = b.context_extension_of(&a);
+        assert_eq!(context.len(), 3, "{context:?}");
+        assert!(other.is_empty());
+        b.d_model = 96;
+        let (_, other) = b.context_extension_of(&a);
+        assert_eq!(other, vec!["d_model: 64 vs 96".to_string()]);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod attention;
 pub mod block;
 pub mod cache;
 pub mod config;
+pub mod convert;
 pub mod cpu;
 // The libtorch route of the fused ops names burn-tch, deprecated in burn 0.22 but our libtorch
 // path (see mla-train's device.rs); the dispatch code the extension macro generates cannot carry
@@ -23,7 +24,8 @@ pub mod transformer;
 pub use accounting::{CacheMode, FlopsPerToken, KvCacheSize, ParamCounts};
 pub use cache::KvCache;
 pub use config::{
-    AttentionConfig, AttentionKind, ConfigError, DType, LatentAttention, ModelConfig, ModelSection,
-    RopeStyle, StandardAttention, YarnConfig,
+    AttentionConfig, AttentionKind, CONTEXT_FIELDS, ConfigError, DType, InitScheme,
+    LatentAttention, ModelConfig, ModelSection, PartialRope, RopeStyle, StandardAttention,
+    YarnConfig,
 };
 pub use transformer::{Lm, cross_entropy};

@@ -7,16 +7,17 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::config::{ModelConfig, RopeStyle, YarnConfig};
+use crate::config::{AttentionConfig, ModelConfig, RopeStyle, YarnConfig};
 
 /// Precomputed cos/sin tables for positions `0..max_seq_len` (module constants: rebuilt from the
-/// config, never trained or saved).
+/// config, never trained or saved). One table serves every head, except for an mha/gqa/mqa
+/// model with partial RoPE, whose key/value heads each keep their own pairs (one table each).
 #[derive(Module, Debug)]
 pub struct Rope {
-    /// `[max_seq_len, rope_dim / 2]`
-    cos: Tensor<2>,
-    /// `[max_seq_len, rope_dim / 2]`
-    sin: Tensor<2>,
+    /// `[tables, max_seq_len, rope_dim / 2]`
+    cos: Tensor<3>,
+    /// `[tables, max_seq_len, rope_dim / 2]`
+    sin: Tensor<3>,
     #[module(skip)]
     style: RopeStyle,
 }
@@ -51,27 +52,54 @@ pub fn inv_freq(dim: usize, theta: f64, yarn: Option<&YarnConfig>) -> Vec<f64> {
         .collect()
 }
 
+/// The inverse frequency of every rotated pair, one row per table (see [`Rope`]). Partial RoPE
+/// takes its frequencies from a RoPE of its own `dim` (YaRN included), and gives the pairs an
+/// mha/gqa/mqa head does not keep frequency 0: they are not rotated.
+pub fn table_freqs(cfg: &ModelConfig) -> Vec<Vec<f64>> {
+    let dim = cfg.rope_dim();
+    let (theta, yarn) = (cfg.rope_theta, cfg.rope_scaling.as_ref());
+    let Some(p) = &cfg.partial_rope else {
+        return vec![inv_freq(dim, theta, yarn)];
+    };
+    let all = inv_freq(p.dim, theta, yarn);
+    match cfg.attention {
+        AttentionConfig::Latent(_) => vec![p.pairs.iter().map(|&i| all[i]).collect()],
+        AttentionConfig::Standard(a) => {
+            let k = p.pairs.len() / a.n_kv_heads;
+            p.pairs
+                .chunks(k)
+                .map(|kept| {
+                    (0..dim / 2)
+                        .map(|i| if kept.contains(&i) { all[i] } else { 0.0 })
+                        .collect()
+                })
+                .collect()
+        }
+    }
+}
+
 impl Rope {
     pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
-        let dim = cfg.rope_dim();
-        let freqs = inv_freq(dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
+        let freqs = table_freqs(cfg);
         let mscale = cfg
             .rope_scaling
             .as_ref()
             .map_or(1.0, YarnConfig::attention_factor);
-        let half = dim / 2;
-        let n = cfg.max_seq_len;
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for pos in 0..n {
-            for &f in &freqs {
-                // Angles in f64: pos * f loses precision in f32 at long contexts.
-                let angle = pos as f64 * f;
-                cos.push((angle.cos() * mscale) as f32);
-                sin.push((angle.sin() * mscale) as f32);
+        let (tables, half, n) = (freqs.len(), cfg.rope_dim() / 2, cfg.max_seq_len);
+        let mut cos = Vec::with_capacity(tables * n * half);
+        let mut sin = Vec::with_capacity(tables * n * half);
+        for table in &freqs {
+            for pos in 0..n {
+                for &f in table {
+                    // Angles in f64: pos * f loses precision in f32 at long contexts.
+                    let angle = pos as f64 * f;
+                    cos.push((angle.cos() * mscale) as f32);
+                    sin.push((angle.sin() * mscale) as f32);
+                }
             }
         }
-        let table = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [n, half]), device);
+        let table =
+            |v: Vec<f32>| Tensor::<3>::from_data(TensorData::new(v, [tables, n, half]), device);
         Self {
             cos: table(cos),
             sin: table(sin),
@@ -81,7 +109,7 @@ impl Rope {
 
     /// Number of positions the tables cover.
     pub fn max_positions(&self) -> usize {
-        self.cos.dims()[0]
+        self.cos.dims()[1]
     }
 
     /// Rotate `x` as if its tokens sat at positions `offset..offset + t`.
@@ -98,12 +126,20 @@ impl Rope {
             offset,
             offset + t
         );
-        // [t, r/2] -> [1, 1, t, r/2], broadcast over batch and heads, in x's precision
-        let table = |full: &Tensor<2>| {
-            full.clone()
-                .slice([offset..offset + t, 0..half])
-                .reshape([1, 1, t, half])
-                .cast(x.dtype())
+        let tables = self.cos.dims()[0];
+        // [tables, t, r/2] -> [1, 1, t, r/2] (broadcast over batch and heads), or per head:
+        // [tables, 1, t, r/2] -> [tables, h / tables, t, r/2] -> [1, h, t, r/2], where query
+        // head i follows table (key/value head) i / (h / tables); in x's precision
+        let table = |full: &Tensor<3>| {
+            let part = full.clone().slice([0..tables, offset..offset + t, 0..half]);
+            let part = if tables == 1 {
+                part.reshape([1, 1, t, half])
+            } else {
+                part.reshape([tables, 1, t, half])
+                    .expand([tables, h / tables, t, half])
+                    .reshape([1, h, t, half])
+            };
+            part.cast(x.dtype())
         };
         let (cos, sin) = (table(&self.cos), table(&self.sin));
         match self.style {
@@ -220,6 +256,41 @@ mod tests {
         let b = half.apply(x.select(3, perm), 2);
         a.into_data()
             .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-5));
+    }
+
+    /// Partial RoPE keeping every pair is the full RoPE; keeping none of a head's other pairs
+    /// leaves them unrotated; per-head tables follow each query head's key/value head.
+    #[test]
+    fn partial_rope_rotates_only_the_kept_pairs() {
+        let device = Device::flex();
+        let mut full = cfg("interleaved", false); // 2 heads of 16
+        let x = Tensor::<4>::random([1, 2, 5, 16], Distribution::Normal(0.0, 1.0), &device);
+        let reference = Rope::new(&full, &device).apply(x.clone(), 3);
+        full.partial_rope = Some(crate::config::PartialRope {
+            dim: 16,
+            pairs: (0..8).chain(0..8).collect(),
+        });
+        Rope::new(&full, &device)
+            .apply(x.clone(), 3)
+            .into_data()
+            .assert_approx_eq::<f32>(&reference.clone().into_data(), Tolerance::absolute(0.0));
+        // head 0 keeps pair 2, head 1 pair 5
+        full.partial_rope = Some(crate::config::PartialRope {
+            dim: 16,
+            pairs: vec![2, 5],
+        });
+        let y = Rope::new(&full, &device).apply(x.clone(), 3);
+        let (y, x, r) = (
+            y.into_data().try_into_vec::<f32>().unwrap(),
+            x.into_data().try_into_vec::<f32>().unwrap(),
+            reference.into_data().try_into_vec::<f32>().unwrap(),
+        );
+        for i in 0..y.len() {
+            let (head, dim) = (i / (5 * 16), i % 16);
+            let kept = dim / 2 == [2, 5][head];
+            let want = if kept { r[i] } else { x[i] };
+            assert!((y[i] - want).abs() < 1e-6, "head {head} dim {dim}");
+        }
     }
 
     #[test]

@@ -39,6 +39,13 @@ pub enum CheckpointError {
         .fields.join(", ")
     )]
     Mismatch { path: PathBuf, fields: Vec<String> },
+    #[error(
+        "{path}: the checkpoint's model differs from the config's in fields a fine-tune cannot \
+         change: {}; only max_seq_len, rope_scaling and rope_theta may differ (a context \
+         extension)",
+        .fields.join(", ")
+    )]
+    NotAContextExtension { path: PathBuf, fields: Vec<String> },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -169,6 +176,38 @@ impl Checkpoint {
                 path: self.model_path(),
                 reason: format!("{e:?}"),
             })
+    }
+
+    /// The model with this checkpoint's weights in `cfg`, which may differ from the stored
+    /// model in the fields of a context extension only ([`mla_model::CONTEXT_FIELDS`]: the
+    /// RoPE tables are rebuilt from `cfg`, the weights are the same). Returns the changed
+    /// fields too (`field: stored vs cfg`).
+    pub fn load_model_extending(
+        &self,
+        cfg: &mla_model::ModelConfig,
+        device: &Device,
+    ) -> Result<(Lm, Vec<String>), CheckpointError> {
+        let stored = self
+            .config()
+            .map_err(|e| CheckpointError::Invalid {
+                path: self.dir.clone(),
+                reason: e.to_string(),
+            })?
+            .model;
+        let (context, other) = cfg.context_extension_of(&stored);
+        if !other.is_empty() {
+            return Err(CheckpointError::NotAContextExtension {
+                path: self.dir.clone(),
+                fields: other,
+            });
+        }
+        let model = Lm::new(cfg, device)
+            .try_load_file(self.model_path())
+            .map_err(|e| CheckpointError::Invalid {
+                path: self.model_path(),
+                reason: format!("{e:?}"),
+            })?;
+        Ok((model, context))
     }
 
     /// The optimizer state, re-attached to the parameters of a model loaded from here.

@@ -317,11 +317,28 @@ pub fn load(
     overrides: &[String],
     vocab_from_tokenizer: VocabOf,
 ) -> Result<RunConfig, ConfigError> {
+    load_inheriting(path, overrides, vocab_from_tokenizer, None)
+}
+
+/// As [`load`], except that a file without a `[model]` section takes `inherit` (a fine-tune's
+/// source model), before the overrides (so `--set model.max_seq_len=...` extends it).
+pub fn load_inheriting(
+    path: &Path,
+    overrides: &[String],
+    vocab_from_tokenizer: VocabOf,
+    inherit: Option<&ModelSection>,
+) -> Result<RunConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
         path: path.to_path_buf(),
         source: e,
     })?;
     let mut table = parse_table(path, &text)?;
+    if let Some(model) = inherit
+        && !table.contains_key("model")
+    {
+        let value = toml::Value::try_from(model).expect("a model section serialises");
+        table.insert("model".into(), value);
+    }
     for o in overrides {
         apply_override(&mut table, o)?;
     }

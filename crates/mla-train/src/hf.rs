@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use mla_model::hf::{self, HfArch, HfError, Layout};
-use mla_model::{AttentionConfig, Lm, ModelConfig};
+use mla_model::{
+    AttentionConfig, AttentionKind, Lm, ModelConfig, ModelSection, RopeStyle, YarnConfig,
+};
 use serde_json::{Value, json};
 
 /// A model with `cfg`'s architecture and the weights of the HF directory `dir`.
@@ -33,6 +35,17 @@ pub enum ExportError {
     },
     #[error("{0} exists and is not empty; choose another --out or remove it")]
     Exists(PathBuf),
+    #[error(
+        "this model has partial RoPE (rotary frequencies of pairs {pairs:?} of a {dim}-wide RoPE, \
+         as `mla convert` chooses them); {arch}'s config computes its frequencies from the \
+         rotary width alone and cannot express them. Convert with --rope-select uniform (and a \
+         rope width that divides the head width) for an exportable model"
+    )]
+    PartialRope {
+        pairs: Vec<usize>,
+        dim: usize,
+        arch: &'static str,
+    },
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
     #[error(transparent)]
@@ -53,6 +66,13 @@ pub fn export(
         return Err(ExportError::HeadsDoNotDivide {
             d_model: cfg.d_model,
             n_heads: cfg.n_heads,
+            arch: arch.class_name(),
+        });
+    }
+    if let Some(p) = &cfg.partial_rope {
+        return Err(ExportError::PartialRope {
+            pairs: p.pairs.clone(),
+            dim: p.dim,
             arch: arch.class_name(),
         });
     }
@@ -162,5 +182,163 @@ pub fn llama_q_fold(cfg: &ModelConfig) -> Option<f64> {
             Some(y.softmax_factor())
         }
         _ => None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HfConfigError {
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The model config of an HF Llama directory (`config.json`, `LlamaForCausalLM`): mha, gqa or
+/// mqa by `num_key_value_heads`, rotate-half RoPE (as Llama's weights), YaRN when
+/// `rope_scaling`/`rope_parameters` say so. The inverse of [`config_json`] for Llama.
+pub fn llama_config(dir: &Path) -> Result<ModelConfig, HfConfigError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| HfConfigError::Io {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let invalid = |message: String| HfConfigError::Invalid {
+        path: path.clone(),
+        message,
+    };
+    let c: Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let model_type = c["model_type"].as_str().unwrap_or("");
+    if model_type != "llama" {
+        return Err(invalid(format!(
+            "model_type {model_type:?}: only Llama directories (model_type \"llama\") are read"
+        )));
+    }
+    let int = |key: &str| -> Result<usize, HfConfigError> {
+        c[key]
+            .as_u64()
+            .map(|v| v as usize)
+            .ok_or_else(|| invalid(format!("{key} is missing or not an integer")))
+    };
+    let (d, heads) = (int("hidden_size")?, int("num_attention_heads")?);
+    let kv = c["num_key_value_heads"]
+        .as_u64()
+        .map_or(heads, |v| v as usize);
+    let head_dim = c["head_dim"]
+        .as_u64()
+        .map_or(d / heads.max(1), |v| v as usize);
+    let attention = if kv == heads {
+        AttentionKind::Mha
+    } else if kv == 1 {
+        AttentionKind::Mqa
+    } else {
+        AttentionKind::Gqa
+    };
+    for key in ["attention_bias", "mlp_bias"] {
+        if c[key].as_bool() == Some(true) {
+            return Err(invalid(format!("{key} = true: this model has no biases")));
+        }
+    }
+    let rope = if c["rope_parameters"].is_object() {
+        &c["rope_parameters"]
+    } else {
+        &c["rope_scaling"]
+    };
+    let rope_type = rope["rope_type"]
+        .as_str()
+        .or(rope["type"].as_str())
+        .unwrap_or("default");
+    let rope_theta = rope["rope_theta"]
+        .as_f64()
+        .or(c["rope_theta"].as_f64())
+        .unwrap_or(10000.0);
+    let rope_scaling = match rope_type {
+        "default" => None,
+        "yarn" => {
+            let f = |key: &str, default: f64| rope[key].as_f64().unwrap_or(default);
+            let y = YarnConfig {
+                kind: "yarn".into(),
+                factor: f("factor", 1.0),
+                original_max_position_embeddings: rope["original_max_position_embeddings"]
+                    .as_u64()
+                    .ok_or_else(|| {
+                        invalid("rope yarn needs original_max_position_embeddings".into())
+                    })? as usize,
+                beta_fast: f("beta_fast", 32.0),
+                beta_slow: f("beta_slow", 1.0),
+                mscale: f("mscale", 1.0),
+                mscale_all_dim: f("mscale_all_dim", 0.0),
+            };
+            if let Some(af) = rope["attention_factor"].as_f64()
+                && (af - y.attention_factor()).abs() > 1e-9
+            {
+                return Err(invalid(format!(
+                    "rope attention_factor {af} differs from the mscale ratio {}; not supported",
+                    y.attention_factor()
+                )));
+            }
+            Some(y)
+        }
+        other => {
+            return Err(invalid(format!(
+                "rope type {other:?} is not supported (default or yarn)"
+            )));
+        }
+    };
+    let section = ModelSection {
+        attention: Some(attention),
+        vocab_size: Some(int("vocab_size")?),
+        d_model: Some(d),
+        n_layers: Some(int("num_hidden_layers")?),
+        n_heads: Some(heads),
+        n_kv_heads: Some(kv),
+        head_dim: Some(head_dim),
+        d_ff: Some(int("intermediate_size")?),
+        max_seq_len: Some(int("max_position_embeddings")?),
+        rope_theta: Some(rope_theta),
+        rope_style: Some(RopeStyle::Half),
+        rope_scaling,
+        tie_embeddings: Some(c["tie_word_embeddings"].as_bool().unwrap_or(false)),
+        rms_norm_eps: c["rms_norm_eps"].as_f64(),
+        init_std: c["initializer_range"].as_f64(),
+        ..Default::default()
+    };
+    section.resolve().map_err(|e| invalid(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Our Llama config.json reads back into the config it came from (rope_style aside: HF
+    /// weights are rotate-half, and the reader says so).
+    #[test]
+    fn llama_config_round_trips() {
+        for extra in [
+            "attention = 'mha'\nn_heads = 4",
+            "attention = 'gqa'\nn_heads = 4\nn_kv_heads = 2\nrope_theta = 500000.0",
+            "attention = 'mqa'\nn_heads = 4\nrope_scaling = { type = 'yarn', factor = 4.0, original_max_position_embeddings = 8, mscale_all_dim = 1.0 }",
+        ] {
+            let cfg: ModelSection = toml::from_str(&format!(
+                "vocab_size = 40\nd_model = 32\nn_layers = 2\nd_ff = 48\nmax_seq_len = 16\nrope_style = 'half'\n{extra}"
+            ))
+            .unwrap();
+            let cfg = cfg.resolve().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(
+                dir.path().join("config.json"),
+                config_json(&cfg, Some(3)).to_string(),
+            )
+            .unwrap();
+            assert_eq!(llama_config(dir.path()).unwrap(), cfg, "{extra}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ModelConfig::preset("tiny-mla").unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            config_json(&cfg, None).to_string(),
+        )
+        .unwrap();
+        let e = llama_config(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("deepseek_v2"), "{e}");
     }
 }

@@ -106,8 +106,11 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Train
         &cfg.checkpoint.init_from_hf,
     ) {
         (Some(c), _, _) => c.load_model(&cfg.model, &train_device)?,
+        // A fine-tune may extend the context (max_seq_len, rope_scaling, rope_theta).
         (None, Some(src), _) => {
-            Checkpoint::open(Path::new(src))?.load_model(&cfg.model, &train_device)?
+            Checkpoint::open(Path::new(src))?
+                .load_model_extending(&cfg.model, &train_device)?
+                .0
         }
         (None, None, Some(dir)) => hf::load_pretrained(Path::new(dir), &cfg.model, &train_device)
             .map_err(|e| TrainError::Other(e.to_string()))?,

@@ -32,7 +32,7 @@ impl MultiHeadAttention {
             q_proj: init::linear(d, h * a.head_dim, std, device),
             k_proj: init::linear(d, a.n_kv_heads * a.head_dim, std, device),
             v_proj: init::linear(d, a.n_kv_heads * a.head_dim, std, device),
-            o_proj: init::linear(h * a.head_dim, d, init::out_std(std, cfg.n_layers), device),
+            o_proj: init::linear(h * a.head_dim, d, init::out_std(cfg), device),
             n_heads: h,
             n_kv_heads: a.n_kv_heads,
             head_dim: a.head_dim,

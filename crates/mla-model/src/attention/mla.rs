@@ -112,12 +112,7 @@ impl MultiHeadLatentAttention {
                 std,
                 device,
             ),
-            o_proj: init::linear(
-                h * a.v_head_dim,
-                d,
-                init::out_std(std, cfg.n_layers),
-                device,
-            ),
+            o_proj: init::linear(h * a.v_head_dim, d, init::out_std(cfg), device),
             n_heads: h,
             kv_lora_rank: a.kv_lora_rank,
             qk_nope_head_dim: a.qk_nope_head_dim,

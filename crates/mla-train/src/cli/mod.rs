@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod ablate;
 mod bench;
 mod compare;
+mod convert;
 mod data;
 mod eval;
 mod export;
@@ -30,6 +31,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Train starting from another run's weights (model weights only).
     Finetune(train::FinetuneArgs),
+    /// Convert an mha/gqa/mqa checkpoint (or HF Llama directory) to MLA (partial RoPE + joint
+    /// low-rank K/V), for fine-tuning with `mla finetune --from`.
+    Convert(convert::Args),
     /// Loss and perplexity of a checkpoint on token shards.
     Eval(eval::EvalArgs),
     /// Export a checkpoint as a HuggingFace transformers model directory.
@@ -105,6 +109,7 @@ pub fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Train(a) => train::run(a),
         Command::Finetune(a) => train::run_finetune(a),
+        Command::Convert(a) => convert::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Export(a) => export::run_export(a),
         Command::Logits(a) => export::run_logits(a),

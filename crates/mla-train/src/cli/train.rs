@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use mla_train::checkpoint::Checkpoint;
 use mla_train::config::{self, RunConfig};
 use mla_train::trainer::{self, TrainOptions, TrainSummary};
 
@@ -23,7 +24,9 @@ pub struct TrainArgs {
 
 #[derive(clap::Args)]
 pub struct FinetuneArgs {
-    /// Run config for the fine-tune (data, LR, schedule...).
+    /// Run config for the fine-tune (data, LR, schedule...). Without a [model] section it
+    /// trains the source's model; a model that differs from the source's may change only
+    /// max_seq_len, rope_scaling and rope_theta (a context extension).
     config: PathBuf,
     /// Run directory or checkpoint whose model weights to start from.
     #[arg(long)]
@@ -62,7 +65,23 @@ pub fn run_finetune(args: FinetuneArgs) -> anyhow::Result<()> {
         "checkpoint.init_from={:?}",
         args.from.display().to_string()
     ));
-    let cfg = load_config(&args.config, &set)?;
+    // A config without [model] fine-tunes the source's model (a converted one, or one whose
+    // context `--set model.max_seq_len=...` extends).
+    let source = Checkpoint::open(&args.from)?;
+    let stored = source
+        .config()
+        .with_context(|| format!("reading the config of {}", source.dir.display()))?;
+    let cfg = config::load_inheriting(
+        &args.config,
+        &set,
+        &tokenizer_vocab,
+        Some(&stored.model.to_section()),
+    )
+    .with_context(|| format!("invalid config {}", args.config.display()))?;
+    let (context, other) = cfg.model.context_extension_of(&stored.model);
+    if !context.is_empty() && other.is_empty() {
+        eprintln!("context extension: {}", context.join(", "));
+    }
     let run_dir = args
         .run_dir
         .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
