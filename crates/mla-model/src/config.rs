@@ -597,6 +597,39 @@ impl ModelSection {
         Ok(base)
     }
 
+    /// Remove the keys that belong to the other attention family than this section's
+    /// `attention` (its preset's, when it sets none) and return their names. A run config
+    /// whose `attention` is switched from the command line (`--set model.attention=mha` on an
+    /// MLA recipe) still holds the MLA keys, which [`resolve`](Self::resolve) refuses, and
+    /// `--set` cannot remove a key: the trainer sets them aside this way and says which.
+    /// Unknown keys never get here (the section denies them), so a typo stays an error.
+    pub fn set_aside_other_family(&mut self) -> Vec<&'static str> {
+        let kind = match self.with_preset() {
+            Ok(full) => full.attention,
+            Err(_) => None, // `resolve` reports the bad preset
+        };
+        let Some(kind) = kind else {
+            return vec![];
+        };
+        let mut dropped = vec![];
+        let mut take = |name: &'static str, v: &mut Option<usize>| {
+            if v.take().is_some() {
+                dropped.push(name);
+            }
+        };
+        if kind == AttentionKind::Mla {
+            take("n_kv_heads", &mut self.n_kv_heads);
+            take("head_dim", &mut self.head_dim);
+        } else {
+            take("q_lora_rank", &mut self.q_lora_rank);
+            take("kv_lora_rank", &mut self.kv_lora_rank);
+            take("qk_nope_head_dim", &mut self.qk_nope_head_dim);
+            take("qk_rope_head_dim", &mut self.qk_rope_head_dim);
+            take("v_head_dim", &mut self.v_head_dim);
+        }
+        dropped
+    }
+
     /// Fill defaults and validate. Every error names the offending key and says how to fix it.
     pub fn resolve(&self) -> Result<ModelConfig, ConfigError> {
         let s = self.with_preset()?;
@@ -1113,6 +1146,28 @@ mod tests {
         b.d_model = 96;
         let (_, other) = b.context_extension_of(&a);
         assert_eq!(other, vec!["d_model: 64 vs 96".to_string()]);
+    }
+
+    #[test]
+    fn keys_of_the_other_family_are_set_aside_and_named() {
+        let mut s = section(
+            "attention = 'mha'\nvocab_size = 50\nd_model = 32\nn_layers = 1\nn_heads = 4\n\
+             max_seq_len = 16\nq_lora_rank = 8\nkv_lora_rank = 16\nv_head_dim = 8",
+        );
+        assert!(s.resolve().unwrap_err().to_string().contains("q_lora_rank"));
+        assert_eq!(
+            s.set_aside_other_family(),
+            ["q_lora_rank", "kv_lora_rank", "v_head_dim"]
+        );
+        assert_eq!(s.resolve().unwrap().kind(), AttentionKind::Mha);
+        // And the other way round; keys of the section's own family stay.
+        let mut s = section(
+            "attention = 'mla'\nvocab_size = 50\nd_model = 32\nn_layers = 1\nn_heads = 4\n\
+             max_seq_len = 16\nn_kv_heads = 2\nkv_lora_rank = 16",
+        );
+        assert_eq!(s.set_aside_other_family(), ["n_kv_heads"]);
+        assert_eq!(s.kv_lora_rank, Some(16));
+        assert!(s.set_aside_other_family().is_empty());
     }
 
     #[test]

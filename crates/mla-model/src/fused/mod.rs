@@ -13,9 +13,10 @@
 //! - RMSNorm `y = x̂ γ`, `x̂ = x r`, `r = 1 / rms(x)`: `dx = r (gγ - x̂ mean(gγ x̂))`,
 //!   `dγ = Σ_rows g x̂`
 //!
-//! The trait's default bodies are those formulas in backend primitives (what flex runs);
-//! libtorch overrides them with its fused kernels. `Autodiff<B>` wires forward and backward
-//! together. The wrappers at the bottom are the model's entry points.
+//! The trait's default bodies are those formulas in backend primitives; flex overrides them
+//! with the row kernels of [`crate::cpu::rows`] (burn-flex's scalar `exp` and a pass per
+//! primitive were 7% and more of a training step), libtorch with its own fused kernels.
+//! `Autodiff<B>` wires forward and backward together. The wrappers at the bottom are the model's entry points.
 //!
 //! Attention, the largest of them, has its own room: [`attention`].
 
@@ -26,7 +27,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::tensor::{BoolTensor, FloatTensor};
-use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata, backend_extension};
 use burn::tensor::{Bool, FloatDType, Shape, Tensor};
 
 /// The last dimension of `x`: every op here works along it.
@@ -102,8 +103,40 @@ pub trait FusedOps: Backend {
 
     /// RMSNorm over the last dim: `x r γ` with `r = 1 / sqrt(mean(x²) + eps)` (in f32).
     fn rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        Self::rms_norm_forward(x, gamma, eps).0
+    }
+
+    /// [`rms_norm`](Self::rms_norm) and the `r` (`[..., 1]`) its backward reads.
+    fn rms_norm_forward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let r = rms_rstd::<Self>(x.clone(), eps);
-        rms_scale::<Self>(x, r, gamma)
+        (rms_scale::<Self>(x.clone(), r.clone(), gamma), r)
+    }
+
+    /// `(dx, dγ)` of [`rms_norm`](Self::rms_norm) at `x` with gain `γ` and saved `r`: with
+    /// x̂ = x r and gx = g γ, `dx = r (gx - x̂ mean(gx x̂))`, `dγ = Σ_rows g x̂`.
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let shape = x.shape();
+        let (dim, d) = (last_dim(&x), shape[shape.num_dims() - 1]);
+        let x_hat = Self::float_mul(x, rstd.clone());
+        // [..., d] -> [rows, d] -> [1, d] -> [d]
+        let rows = shape.num_elements() / d;
+        let g_xhat = Self::float_mul(grad.clone(), x_hat.clone());
+        let g_xhat = Self::float_reshape(g_xhat, Shape::new([rows, d]));
+        let dgamma = Self::float_reshape(Self::float_sum_dim(g_xhat, 0), Shape::new([d]));
+        let gx = Self::float_mul(grad, broadcastable::<Self>(gamma, shape.num_dims()));
+        // [..., 1]
+        let mean = Self::float_mean_dim(Self::float_mul(gx.clone(), x_hat.clone()), dim);
+        let dx = Self::float_mul(Self::float_sub(gx, Self::float_mul(x_hat, mean)), rstd);
+        (dx, dgamma)
     }
 
     /// SiLU (swish): `x σ(x)`.
@@ -121,7 +154,109 @@ pub trait FusedOps: Backend {
     }
 }
 
-impl FusedOps for Flex {}
+/// flex: the row kernels of [`crate::cpu::rows`] (vectorised `exp`, one pass per formula, in
+/// parallel over rows), on f32 (other dtypes are computed in f32 and cast back).
+mod flex {
+    use burn::backend::ops::FloatTensorOps;
+    use burn::backend::{Flex, TensorMetadata};
+    use burn::tensor::{FloatDType, Shape, TensorData};
+    use burn_flex::FlexTensor;
+
+    use super::FusedOps;
+    use crate::cpu::rows;
+
+    fn f32_contiguous(x: FlexTensor) -> FlexTensor {
+        Flex::float_cast(x, FloatDType::F32).to_contiguous()
+    }
+
+    fn slice(x: &FlexTensor) -> &[f32] {
+        x.as_slice::<f32>().expect("a contiguous f32 tensor")
+    }
+
+    fn tensor(data: Vec<f32>, shape: Shape, dtype: FloatDType) -> FlexTensor {
+        let x = FlexTensor::from_data(TensorData::new(data, shape));
+        if dtype == FloatDType::F32 {
+            x
+        } else {
+            Flex::float_cast(x, dtype)
+        }
+    }
+
+    fn dtype(x: &FlexTensor) -> FloatDType {
+        FloatDType::from(x.dtype())
+    }
+
+    /// `f` on the f32 contents of `x`, the result shaped and typed as `x`.
+    fn unary(x: FlexTensor, f: impl FnOnce(&[f32]) -> Vec<f32>) -> FlexTensor {
+        let (shape, dt) = (x.shape(), dtype(&x));
+        let x = f32_contiguous(x);
+        tensor(f(slice(&x)), shape, dt)
+    }
+
+    /// `f` on the f32 contents of `a` and `b`, the result shaped and typed as `b`.
+    fn binary(
+        a: FlexTensor,
+        b: FlexTensor,
+        f: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
+    ) -> FlexTensor {
+        let (shape, dt) = (b.shape(), dtype(&b));
+        let (a, b) = (f32_contiguous(a), f32_contiguous(b));
+        tensor(f(slice(&a), slice(&b)), shape, dt)
+    }
+
+    fn row_len(x: &FlexTensor) -> usize {
+        let s = x.shape();
+        s[s.num_dims() - 1]
+    }
+
+    impl FusedOps for Flex {
+        fn log_softmax_last(x: FlexTensor) -> FlexTensor {
+            let n = row_len(&x);
+            unary(x, |x| rows::log_softmax(x, n))
+        }
+
+        fn log_softmax_last_backward(y: FlexTensor, grad: FlexTensor) -> FlexTensor {
+            let n = row_len(&y);
+            binary(y, grad, |y, g| rows::log_softmax_backward(y, g, n))
+        }
+
+        fn silu_fused(x: FlexTensor) -> FlexTensor {
+            unary(x, rows::silu)
+        }
+
+        fn silu_fused_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+            binary(x, grad, rows::silu_backward)
+        }
+
+        fn rms_norm_forward(
+            x: FlexTensor,
+            gamma: FlexTensor,
+            eps: f64,
+        ) -> (FlexTensor, FlexTensor) {
+            let (shape, dt) = (x.shape(), dtype(&x));
+            let (x, gamma) = (f32_contiguous(x), f32_contiguous(gamma));
+            let (y, rstd) = rows::rms_norm(slice(&x), slice(&gamma), eps as f32);
+            let mut r_shape = shape.clone();
+            let last = r_shape.num_dims() - 1;
+            r_shape[last] = 1;
+            (tensor(y, shape, dt), tensor(rstd, r_shape, dt))
+        }
+
+        fn rms_norm_backward(
+            x: FlexTensor,
+            gamma: FlexTensor,
+            rstd: FlexTensor,
+            grad: FlexTensor,
+        ) -> (FlexTensor, FlexTensor) {
+            let (shape, g_shape, dt) = (x.shape(), gamma.shape(), dtype(&grad));
+            let (x, gamma) = (f32_contiguous(x), f32_contiguous(gamma));
+            let (rstd, grad) = (f32_contiguous(rstd), f32_contiguous(grad));
+            let (dx, dgamma) =
+                rows::rms_norm_backward(slice(&x), slice(&gamma), slice(&rstd), slice(&grad));
+            (tensor(dx, shape, dt), tensor(dgamma, g_shape, dt))
+        }
+    }
+}
 
 #[cfg(feature = "tch")]
 mod libtorch {
@@ -234,9 +369,8 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         #[derive(Debug)]
         struct RmsNorm;
 
-        impl<B: Backend> Backward<B, 2> for RmsNorm {
-            // x, γ and r = 1 / rms(x): with x̂ = x r and gx = g γ,
-            // dx = r (gx - x̂ mean(gx x̂)), dγ = Σ_rows g x̂.
+        impl<B: Backend + FusedOps> Backward<B, 2> for RmsNorm {
+            // x, γ and r = 1 / rms(x).
             type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
 
             fn backward(
@@ -248,22 +382,11 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 let [node_x, node_gamma] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
                 let (x, gamma, rstd) = ops.state;
-                let shape = x.shape();
-                let (dim, d) = (last_dim(&x), shape[shape.num_dims() - 1]);
-                let x_hat = B::float_mul(x, rstd.clone());
+                let (dx, dgamma) = B::rms_norm_backward(x, gamma, rstd, grad);
                 if let Some(node) = node_gamma {
-                    // [..., d] -> [rows, d] -> [1, d] -> [d]
-                    let rows = shape.num_elements() / d;
-                    let g_xhat = B::float_mul(grad.clone(), x_hat.clone());
-                    let g_xhat = B::float_reshape(g_xhat, Shape::new([rows, d]));
-                    let dgamma = B::float_reshape(B::float_sum_dim(g_xhat, 0), Shape::new([d]));
                     grads.register::<B>(node.id, dgamma);
                 }
                 if let Some(node) = node_x {
-                    let gx = B::float_mul(grad, broadcastable::<B>(gamma, shape.num_dims()));
-                    // [..., 1]
-                    let mean = B::float_mean_dim(B::float_mul(gx.clone(), x_hat.clone()), dim);
-                    let dx = B::float_mul(B::float_sub(gx, B::float_mul(x_hat, mean)), rstd);
                     grads.register::<B>(node.id, dx);
                 }
             }
@@ -277,8 +400,7 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let rstd = rms_rstd::<B>(x.clone(), eps);
-                let y = rms_scale::<B>(x.clone(), rstd.clone(), gamma.clone());
+                let (y, rstd) = B::rms_norm_forward(x.clone(), gamma.clone(), eps);
                 prep.finish((x, gamma, rstd), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::rms_norm(x, gamma, eps)),
