@@ -23,6 +23,12 @@
 #                        and one target dir per venv (e.g. --venv .venv-2.11 with
 #                        --target-dir target-gpu).
 #
+# It also installs gloo's headers (Debian's libgloo-dev, with apt-get) when they are missing:
+# the c10d binding for data-parallel training (crates/mla-c10d) compiles against them.
+#
+# It also installs gloo's headers (Debian's libgloo-dev, with apt-get) when they are missing:
+# the c10d binding for data-parallel training (crates/mla-c10d) compiles against them.
+#
 # Idempotent: a torch==2.9.0 that imports is left alone. At the end it prints the environment
 # to build with and writes the same lines to .venv/libtorch.env:
 #
@@ -103,6 +109,27 @@ write_env() {
 # torch-sys sets no rpath, so the built binaries and `cargo test` find libtorch*.so only
 # through LD_LIBRARY_PATH.
 ld_line() { echo "export LD_LIBRARY_PATH=\"$1\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}\""; }
+
+# --- gloo's headers, for the c10d binding (crates/mla-c10d). ----------------------------------
+# libtorch has gloo compiled in, but its c10d header ProcessGroupGloo.hpp includes gloo's own
+# headers, which the wheel lacks: Debian's libgloo-dev has them (only the declarations are used;
+# nothing links against Debian's libgloo). Installed when missing and apt-get can run.
+ensure_gloo_headers() {
+    [[ -e "${GLOO_INCLUDE:-/usr/include}/gloo/algorithm.h" ]] && return 0
+    local sudo=""
+    [[ $(id -u) == 0 ]] || sudo="sudo -n"
+    if command -v apt-get >/dev/null && $sudo true 2>/dev/null; then
+        log "installing gloo's headers (Debian's libgloo-dev) for the c10d binding"
+        $sudo apt-get install -y -q libgloo-dev >/dev/null ||
+            { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q libgloo-dev >/dev/null; } ||
+            die "apt-get install libgloo-dev failed"
+    else
+        log "warning: gloo's headers are missing and apt-get cannot run here: install libgloo-dev"
+        log "         (or set GLOO_INCLUDE to a directory holding gloo/algorithm.h) before building"
+        log "         with --features mla-train/tch"
+    fi
+}
+ensure_gloo_headers
 
 # --- A libtorch of the user's own: install nothing. -------------------------------------------
 # (A LIBTORCH pointing into our own .venv is what a sourced slim libtorch.env sets: ignore it.)
@@ -364,6 +391,24 @@ install_full() {
     log "installing torch==$TORCH_VERSION (full CUDA build with its nvidia-* wheels: 4.5-7 GB)"
     # shellcheck disable=SC2086 # $1 is an optional flag
     pip_install $1 "torch==$TORCH_VERSION"
+    install_cuda_host_headers
+}
+
+# The c10d binding's NCCL backend compiles against CUDA's host headers; torch's CUDA runtime
+# wheel lacks crt/host_defines.h and libcu++'s nv/target, which NVIDIA ships in its crt (nvcc)
+# and cccl wheels. Installed to match the CUDA version torch pins (torch 2.11: cuda-toolkit
+# 13.0.2; torch 2.9: CUDA 12.8).
+install_cuda_host_headers() {
+    local meta pin
+    meta="$("$PY" -c 'import importlib.metadata as m; print("\n".join(m.requires("torch") or []))')"
+    if pin=$(grep -o '^cuda-toolkit\[[^]]*\]==[0-9.]*' <<<"$meta" | sed 's/\[.*\]//' | head -1) && [[ -n "$pin" ]]; then
+        pip_install -q "cuda-toolkit[crt,cccl]==${pin#*==}"
+    elif pin=$(grep -o '^nvidia-cuda-runtime-cu12==[0-9]*\.[0-9]*' <<<"$meta" | head -1) && [[ -n "$pin" ]]; then
+        pip_install -q "nvidia-cuda-nvcc-cu12~=${pin#*==}.0" "nvidia-cuda-cccl-cu12~=${pin#*==}.0"
+    else
+        log "warning: cannot tell torch's CUDA version; the NCCL backend needs CUDA's host headers"
+        log "         (a CUDA toolkit: set CUDA_HOME) to build"
+    fi
 }
 
 # --- torch. --------------------------------------------------------------------------------------

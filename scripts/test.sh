@@ -4,7 +4,8 @@
 #   2. build and test the workspace on burn's flex CPU backend (release profile);
 #   3. the Python checks: HF transformers loads our exports and matches our logits;
 #   4. build with `--features tch` against a CPU-only libtorch and run the model and trainer
-#      suites on the libtorch device.
+#      suites on the libtorch device, the c10d binding's tests, and data-parallel training
+#      with 2 processes under torchrun (gloo).
 # Stages can be chosen: scripts/test.sh flex python tch   (default: all)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,7 +37,9 @@ if has tch; then
     source .venv/libtorch.env
     # The binaries find libtorch through the rpath that build.rs bakes in, not the environment.
     unset LD_LIBRARY_PATH
-    MLA_TEST_DEVICE=tch-cpu cargo test --release -p mla-model -p mla-train \
+    # mla-c10d (the c10d binding) and tests/dist.rs (2 ranks under torchrun, on gloo) build
+    # only here.
+    MLA_TEST_DEVICE=tch-cpu cargo test --release -p mla-model -p mla-train -p mla-c10d \
         --features mla-train/tch --target-dir target-tch
 fi
 stamp "all tests passed"

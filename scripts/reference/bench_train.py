@@ -1,7 +1,7 @@
 """Training speed of the PyTorch reference (eager), for scripts/bench-train.sh.
 
     .venv/bin/python scripts/reference/bench_train.py CONFIG.toml [--steps N] [--warmup W]
-        [--threads T] [--sdpa | --no-sdpa] [--set section.key=value ...]
+        [--threads T] [--sdpa | --no-sdpa] [--compile] [--set section.key=value ...]
 
 CONFIG is one of our run configs: [model] (vocab_size must be given, or a [data] tokenizer),
 [train] seq_len / micro_batch, [optim]. Trains on the config's [data] train shards (llm.c .bin
@@ -9,6 +9,8 @@ format, random windows) with AdamW (same betas, eps, weight decay, global-norm c
 prints one JSON line: tokens/s over the steps after the warmup, and the mean step time.
 `--sdpa` (default) uses torch.nn.functional.scaled_dot_product_attention, the fastest eager
 attention a PyTorch user would write; `--no-sdpa` the reference's explicit softmax.
+`--compile` runs the model through `torch.compile` (inductor; its compilation happens in the
+warmup steps, so give enough of them).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sdpa", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--compile", action="store_true")
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,6 +85,7 @@ def main() -> None:
 
     model = ref.LM(cfg)
     ref.init_weights(model)
+    forward = torch.compile(model) if args.compile else model
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed_tokens" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed_tokens" not in n)]
     opt = torch.optim.AdamW(
@@ -108,7 +112,7 @@ def main() -> None:
         t0 = time.perf_counter()
         for _ in range(accum):
             x, y = batch_of()
-            _, loss = model(x, y)
+            _, loss = forward(x, y)
             (loss / accum).backward()
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -119,7 +123,7 @@ def main() -> None:
     steady = times[args.warmup:]
     tokens = batch * accum * seq
     print(json.dumps({
-        "impl": "pytorch-eager" + ("-sdpa" if args.sdpa else ""),
+        "impl": ("pytorch-compile" if args.compile else "pytorch-eager") + ("-sdpa" if args.sdpa else ""),
         "threads": args.threads, "torch": torch.__version__,
         "tokens_per_step": tokens, "steps": len(steady),
         "step_s": sum(steady) / len(steady), "tokens_per_s": tokens * len(steady) / sum(steady),

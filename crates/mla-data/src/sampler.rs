@@ -160,6 +160,16 @@ impl TrainSampler {
         self.lay_out_epoch();
     }
 
+    /// Moves past the next `n` windows without reading them (another rank's micro-batches).
+    pub fn skip(&mut self, n: usize) {
+        for _ in 0..n {
+            self.cursor += 1;
+            if self.cursor == self.order.len() as u64 {
+                self.next_epoch();
+            }
+        }
+    }
+
     /// The next `batch` windows.
     pub fn next_batch(&mut self, batch: usize) -> Vec<Vec<u32>> {
         (0..batch).map(|_| self.next_window()).collect()
@@ -291,6 +301,21 @@ mod tests {
         }
         let set = ShardSet::open_glob(dir.path().join("t_*.bin").to_str().unwrap(), None).unwrap();
         (dir, set)
+    }
+
+    /// Skipping windows (another rank's share) lands where reading them would, across epochs.
+    #[test]
+    fn skipping_equals_reading_past() {
+        let (_d, set) = shards(&[100, 37, 9]);
+        let mut read = TrainSampler::new(set.clone(), 8, 3).unwrap();
+        let mut skip = TrainSampler::new(set, 8, 3).unwrap();
+        let n = read.windows_per_epoch() as usize;
+        for k in [1, 3, n - 1, 2 * n + 1] {
+            read.next_batch(k);
+            skip.skip(k);
+            assert_eq!(read.state(), skip.state(), "after {k}");
+            assert_eq!(read.next_window(), skip.next_window());
+        }
     }
 
     #[test]

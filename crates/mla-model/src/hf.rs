@@ -428,12 +428,9 @@ pub enum HfError {
     Io { path: PathBuf, message: String },
     #[error("{path}: not a usable safetensors file: {message}")]
     Format { path: PathBuf, message: String },
-    #[error("{path}: {source}")]
-    Mismatch {
-        path: PathBuf,
-        #[source]
-        source: HfMismatch,
-    },
+    // The cause in the message, not as a `source()`: `{:#}` would print it twice.
+    #[error("{}: {cause}", path.display())]
+    Mismatch { path: PathBuf, cause: HfMismatch },
 }
 
 /// A safetensors file's tensors by name, and its `__metadata__`.

@@ -15,8 +15,6 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use mla_model::accounting::{self, CacheMode};
 use mla_model::{AttentionConfig, AttentionKind, ModelConfig};
@@ -24,7 +22,8 @@ use mla_model::{AttentionConfig, AttentionKind, ModelConfig};
 use crate::checkpoint;
 use crate::compare::{RunSummary, human_count};
 use crate::config::RunConfig;
-use crate::trainer::{self, TrainOptions, TrainSummary};
+use crate::stop::StopSignal;
+use crate::trainer::{self, Resume, TrainOptions, TrainSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AblateError {
@@ -34,10 +33,11 @@ pub enum AblateError {
     Arm { arm: String, message: String },
     #[error("{dir}: {message}")]
     Run { dir: PathBuf, message: String },
-    #[error("training {dir}: {source}")]
+    // The cause in the message, not as a `source()`: `{:#}` would print it twice.
+    #[error("training {}: {cause}", dir.display())]
     Train {
         dir: PathBuf,
-        source: crate::error::TrainError,
+        cause: crate::error::TrainError,
     },
 }
 
@@ -475,7 +475,7 @@ pub struct ExecuteReport {
 pub fn execute(
     runs: &[PlannedRun],
     arms: &[Arm],
-    interrupt: Arc<AtomicBool>,
+    stop: StopSignal,
     say: &mut dyn FnMut(String),
 ) -> Result<ExecuteReport, AblateError> {
     // Check every directory first: a conflict should stop the ablation before hours of work.
@@ -501,11 +501,11 @@ pub fn execute(
             }
             RunState::Partial { step } => {
                 say(format!("{what}: resuming from step {step}"));
-                true
+                Resume::Required
             }
             RunState::New => {
                 say(format!("{what}: training {} steps", run.config.max_steps()));
-                false
+                Resume::Never
             }
         };
         let summary = trainer::train(
@@ -513,12 +513,14 @@ pub fn execute(
             &TrainOptions {
                 run_dir: run.dir.clone(),
                 resume,
-                interrupt: interrupt.clone(),
+                stop: stop.clone(),
+                // Arms run one after another in this process.
+                launch: None,
             },
         )
-        .map_err(|source| AblateError::Train {
+        .map_err(|cause| AblateError::Train {
             dir: run.dir.clone(),
-            source,
+            cause,
         })?;
         let stopped = summary.interrupted;
         report.trained.push(summary);

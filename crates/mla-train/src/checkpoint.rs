@@ -79,6 +79,14 @@ pub struct TrainState {
     /// Backend and dtype it was trained on: resume is bit-exact only on the same one.
     pub device: String,
     pub dtype: String,
+    /// Ranks that trained it. The sampler position is global, so a resume may use any world
+    /// size that divides the global batch.
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A checkpoint directory, validated.
@@ -371,6 +379,7 @@ mod tests {
             best_val_loss: None,
             device: "cpu".into(),
             dtype: "f32".into(),
+            world_size: 1,
         }
     }
 

@@ -36,6 +36,8 @@ pub struct RunFile {
     pub checkpoint: CheckpointSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub dist: DistSection,
 }
 
 /// `[data]`: token shards and the tokenizer that made them.
@@ -89,6 +91,10 @@ pub struct TrainSection {
     /// `fused` (default): attention as one op with its own backward, memory linear in the
     /// context; `explicit`: scores materialised, as before it (to compare against).
     pub attention_kernel: AttentionKernel,
+    /// The device's peak TFLOPS in the training dtype, for the MFU in the log (default: known
+    /// for NVIDIA data-centre cards, by name; none on CPU, where MFU is then not reported).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_tflops: Option<f64>,
 }
 
 impl Default for TrainSection {
@@ -103,6 +109,7 @@ impl Default for TrainSection {
             device: "cpu".into(),
             dtype: TrainDType::F32,
             attention_kernel: AttentionKernel::Fused,
+            peak_tflops: None,
         }
     }
 }
@@ -241,6 +248,22 @@ impl Default for LogSection {
     }
 }
 
+/// `[dist]`: data-parallel training under torchrun (read only when WORLD_SIZE > 1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistSection {
+    /// How long a rank waits for the others (joining, and each collective) before it gives up
+    /// with an error. A rank that dies is usually noticed at once (its sockets close); this
+    /// bounds the rest (a hung or unreachable peer).
+    pub timeout_s: u64,
+}
+
+impl Default for DistSection {
+    fn default() -> Self {
+        Self { timeout_s: 300 }
+    }
+}
+
 /// A validated run config: the model resolved, every default explicit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunConfig {
@@ -253,6 +276,10 @@ pub struct RunConfig {
     pub eval: EvalSection,
     pub checkpoint: CheckpointSection,
     pub log: LogSection,
+    pub dist: DistSection,
+    /// `[model]` keys of another attention type than the one chosen, set aside rather than
+    /// refused (a recipe switched with `--set model.attention=mha`); the CLI names them.
+    pub set_aside: Vec<&'static str>,
 }
 
 impl RunConfig {
@@ -288,6 +315,7 @@ impl RunConfig {
             eval: self.eval.clone(),
             checkpoint: self.checkpoint.clone(),
             log: self.log.clone(),
+            dist: self.dist.clone(),
         };
         toml::to_string(&file).expect("a resolved config always serialises")
     }
@@ -296,7 +324,7 @@ impl RunConfig {
     pub fn from_resolved_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.to_path_buf(),
-            source: e,
+            cause: e,
         })?;
         let table = parse_table(path, &text)?;
         let file = deserialize(path, table)?;
@@ -330,7 +358,7 @@ pub fn load_inheriting(
 ) -> Result<RunConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
         path: path.to_path_buf(),
-        source: e,
+        cause: e,
     })?;
     let mut table = parse_table(path, &text)?;
     if let Some(model) = inherit
@@ -441,6 +469,7 @@ fn resolve(
             Some(_) => {}
         }
     }
+    let set_aside = f.model.set_aside_other_family();
     let model = f.model.resolve().map_err(model_err)?;
 
     if f.data.train.is_empty() {
@@ -558,6 +587,17 @@ fn resolve(
     if f.log.every == 0 {
         return Err(invalid("log.every", "must be positive"));
     }
+    if let Some(p) = f.train.peak_tflops
+        && !(p.is_finite() && p > 0.0)
+    {
+        return Err(invalid(
+            "train.peak_tflops",
+            format!("must be a positive number of TFLOPS, got {p}"),
+        ));
+    }
+    if f.dist.timeout_s == 0 {
+        return Err(invalid("dist.timeout_s", "must be at least 1 second"));
+    }
     Ok(RunConfig {
         name,
         model,
@@ -568,6 +608,8 @@ fn resolve(
         eval: f.eval,
         checkpoint: f.checkpoint,
         log: f.log,
+        dist: f.dist,
+        set_aside,
     })
 }
 

@@ -2,12 +2,14 @@
 
 use std::path::PathBuf;
 
+// The errors below carry their cause in their own message rather than as a `source()`, as
+// mla-data's do, so that the CLI's `{:#}` (message, then every source) says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
@@ -27,10 +29,12 @@ pub enum TrainError {
     Device(#[from] crate::device::DeviceError),
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
-    #[error("{context}: {source}")]
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "loss became {loss} at step {step}; stopped. {}",
@@ -50,5 +54,5 @@ pub enum TrainError {
 
 pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TrainError {
     let context = context.into();
-    move |source| TrainError::Io { context, source }
+    move |cause| TrainError::Io { context, cause }
 }

@@ -14,12 +14,29 @@ pub fn evaluate(
     max_batches: Option<usize>,
     device: &Device,
 ) -> f32 {
+    let [sum, count] = evaluate_sums(model, windows, batch, max_batches, device, 0, 1);
+    (sum / count.max(1.0)) as f32
+}
+
+/// This rank's share of [`evaluate`]: batches `rank`, `rank + world`, ... of the same
+/// batches, as `[loss x windows summed, windows]`, to be summed over the ranks.
+pub fn evaluate_sums(
+    model: &Lm,
+    windows: &ValWindows,
+    batch: usize,
+    max_batches: Option<usize>,
+    device: &Device,
+    rank: usize,
+    world: usize,
+) -> [f64; 2] {
     let n = windows.num_windows();
     let mut sum = 0.0f64;
     let mut count = 0usize;
     for start in (0..n)
         .step_by(batch)
         .take(max_batches.unwrap_or(usize::MAX))
+        .skip(rank)
+        .step_by(world)
     {
         let ws: Vec<Vec<u32>> = (start..(start + batch).min(n))
             .map(|i| windows.window(i))
@@ -29,5 +46,5 @@ pub fn evaluate(
         sum += loss * ws.len() as f64;
         count += ws.len();
     }
-    (sum / count.max(1) as f64) as f32
+    [sum, count as f64]
 }

@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 /// A model with `cfg`'s architecture and the weights of the HF directory `dir`.
 pub fn load_pretrained(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Lm, HfError> {
     let tensors = hf::read_dir(dir)?;
-    hf::import(Lm::new(cfg, device), tensors, Layout::Hf).map_err(|source| HfError::Mismatch {
+    hf::import(Lm::new(cfg, device), tensors, Layout::Hf).map_err(|cause| HfError::Mismatch {
         path: dir.to_path_buf(),
-        source,
+        cause,
     })
 }
 

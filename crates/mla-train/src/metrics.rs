@@ -1,8 +1,8 @@
 //! Run metrics: `metrics.jsonl` (one JSON object a line, flushed per line, so a killed run
 //! leaves whole lines) and TensorBoard scalars under `tb/`.
 //!
-//! Train lines carry `step`, `tokens`, `loss`, `lr`, `grad_norm`, `tokens_per_s`, `elapsed_s`;
-//! eval lines carry `step`, `tokens`, `val_loss`, `val_ppl`, `elapsed_s`.
+//! Train lines carry `step`, `tokens`, `loss`, `lr`, `grad_norm`, `tokens_per_s`, `elapsed_s`,
+//! and where known `mfu` (a fraction) and `peak_memory_bytes` (rank 0's); eval lines carry `step`, `tokens`, `val_loss`, `val_ppl`, `elapsed_s`.
 
 use std::fs;
 use std::io::{BufRead, Write};
@@ -22,6 +22,12 @@ pub struct TrainRecord {
     pub grad_norm: f64,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
+    /// Model FLOPs utilisation of one device (0..1), when its peak is known or given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfu: Option<f64>,
+    /// Peak memory so far: RSS on CPU, the CUDA allocator's peak on a GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -103,6 +109,16 @@ impl Metrics {
             tb.add_scalar("train/lr", r.lr as f32, step);
             tb.add_scalar("train/grad_norm", r.grad_norm as f32, step);
             tb.add_scalar("train/tokens_per_s", r.tokens_per_s as f32, step);
+            if let Some(m) = r.mfu {
+                tb.add_scalar("train/mfu", m as f32, step);
+            }
+            if let Some(b) = r.peak_memory_bytes {
+                tb.add_scalar(
+                    "train/peak_memory_gib",
+                    b as f32 / (1u64 << 30) as f32,
+                    step,
+                );
+            }
         }
         self.write(&Record::Train(r.clone()))
     }
@@ -168,6 +184,8 @@ mod tests {
             grad_norm: 0.5,
             tokens_per_s: 100.0,
             elapsed_s: step as f64,
+            mfu: step.is_multiple_of(2).then_some(0.25),
+            peak_memory_bytes: Some(1 << 20),
         }
     }
 

@@ -332,6 +332,7 @@ fn cli_benches_a_preset_and_a_checkpoint() {
         },
         elapsed_s: 0.0,
         best_val_loss: None,
+        world_size: 1,
         device: "cpu".into(),
         dtype: "f32".into(),
     };

@@ -59,6 +59,8 @@ fn write_run(dir: &Path, cfg: &RunConfig, offset: f32, steps: u64, finished: boo
             grad_norm: 1.0,
             tokens_per_s: tps as f64 / secs_per_step,
             elapsed_s: step as f64 * secs_per_step,
+            mfu: None,
+            peak_memory_bytes: None,
         });
         lines.push_str(&serde_json::to_string(&r).unwrap());
         lines.push('\n');

@@ -198,43 +198,166 @@ fn resume_after_sigkill_is_bit_exact() {
     assert_eq!(val_losses(&cut), val_losses(&whole));
 }
 
-/// Ctrl-C saves a checkpoint at the current step and exits cleanly; --resume finishes the run
-/// exactly as an uninterrupted one.
+/// Ctrl-C (SIGINT) and a plain `kill` (SIGTERM) both save a checkpoint at the current step
+/// and exit with 128 + the signal and one line saying so; --resume finishes the run exactly as
+/// an uninterrupted one.
 #[test]
-fn ctrl_c_checkpoints_and_resume_continues() {
+fn sigint_and_sigterm_checkpoint_and_resume_continues() {
     let data = data();
     let tmp = tempfile::tempdir().unwrap();
     let sets = ["train.max_steps=40", "checkpoint.every=100"];
     let whole = tmp.path().join("whole");
     run_ok(train_cmd(&data, &whole, &sets));
 
-    let cut = tmp.path().join("cut");
-    let mut child = train_cmd(&data, &cut, &sets)
-        .stdout(std::process::Stdio::piped())
+    for (signal, code, name) in [("-INT", 130, "SIGINT"), ("-TERM", 143, "SIGTERM")] {
+        let cut = tmp.path().join(format!("cut{signal}"));
+        let mut child = train_cmd(&data, &cut, &sets)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_step(&mut child, &cut, 6);
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{name}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("interrupted"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("stopped by {name}")) && last.contains("--resume"),
+            "{err}"
+        );
+        let saved = latest_checkpoint_step(&cut);
+        assert_eq!(
+            saved,
+            train_losses(&cut).last().unwrap().0,
+            "checkpoint at the last step"
+        );
+        assert!(saved < 40);
+
+        let mut resume = train_cmd(&data, &cut, &sets);
+        resume.arg("--resume").arg(&cut);
+        run_ok(resume);
+        assert_eq!(train_losses(&cut), train_losses(&whole), "{name}");
+    }
+}
+
+/// `--resume auto` starts a run where there is no checkpoint and continues one where there is:
+/// one command for the first start and every restart.
+#[test]
+fn resume_auto_starts_or_continues() {
+    let data = data();
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    run_ok(train_cmd(&data, &whole, &["train.max_steps=12"]));
+    let run = tmp.path().join("auto");
+    let auto = || {
+        let mut c = train_cmd(&data, &run, &["train.max_steps=12"]);
+        c.args(["--resume", "auto"]);
+        c
+    };
+    // The first start, stopped early; then the same command continues it.
+    let mut child = auto()
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_step(&mut child, &cut, 6);
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    wait_for_step(&mut child, &run, 4);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    assert!(sent.success());
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "Ctrl-C must exit cleanly");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("interrupted"));
-    let saved = latest_checkpoint_step(&cut);
-    assert_eq!(
-        saved,
-        train_losses(&cut).last().unwrap().0,
-        "checkpoint at the last step"
-    );
-    assert!(saved < 40);
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    let out = run_ok(auto());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from"));
+    assert_eq!(train_losses(&run), train_losses(&whole));
+}
 
-    let mut resume = train_cmd(&data, &cut, &sets);
-    resume.arg("--resume").arg(&cut);
-    run_ok(resume);
-    assert_eq!(train_losses(&cut), train_losses(&whole));
+/// One writer per run directory: a second `mla train` on a live run is refused, and the first
+/// run's files are unchanged by it.
+#[test]
+fn a_second_writer_on_a_live_run_is_refused() {
+    let data = data();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let sets = [
+        "train.max_steps=100000",
+        "checkpoint.every=100000",
+        "eval.every=0",
+    ];
+    let mut first = train_cmd(&data, &run, &sets)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_step(&mut first, &run, 2);
+    let config_before = std::fs::read(run.join("config.toml")).unwrap();
+    for resume in [None, Some("auto")] {
+        let mut second = train_cmd(&data, &run, &sets);
+        if let Some(r) = resume {
+            second.args(["--resume", r]);
+        }
+        let out = second.output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is in use by another mla process"), "{err}");
+        assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+    }
+    assert_eq!(
+        std::fs::read(run.join("config.toml")).unwrap(),
+        config_before
+    );
+    Command::new("kill")
+        .args(["-INT", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(first.wait().unwrap().code(), Some(130));
+    // The first run's log is whole: every step once, in order, up to its checkpoint.
+    let steps: Vec<u64> = train_losses(&run).iter().map(|(s, _)| *s).collect();
+    let expected: Vec<u64> = (1..=steps.len() as u64).collect();
+    assert_eq!(steps, expected);
+    assert_eq!(latest_checkpoint_step(&run), *steps.last().unwrap());
+}
+
+/// `--set model.attention=mha` on an MLA recipe trains MHA: the MLA-only keys are set aside
+/// with one line naming them, and a misspelt key is still an error.
+#[test]
+fn switching_attention_sets_aside_the_other_types_keys() {
+    let data = data();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("mha");
+    let out = run_ok(train_cmd(
+        &data,
+        &run,
+        &[
+            "model.attention=mha",
+            "train.max_steps=2",
+            "schedule.warmup_steps=0",
+        ],
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let notes: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("model: ignoring"))
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            "model: ignoring q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, \
+             v_head_dim (not used with attention = \"mha\")"
+        ],
+        "{err}"
+    );
+    let cfg = RunConfig::from_resolved_file(&run.join("config.toml")).unwrap();
+    assert_eq!(cfg.model.kind().to_string(), "mha");
+    let out = train_cmd(&data, &tmp.path().join("typo"), &["model.q_lora_rnk=3"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `q_lora_rnk`"));
 }
 
 /// A crash while writing the newest checkpoint leaves the previous one usable.
@@ -345,9 +468,14 @@ fn config_errors_are_one_clear_line() {
         let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
         assert_eq!(lines.len(), 1, "{err}");
         assert!(lines[0].contains(needle), "{sets:?}: {err}");
+        // Inputs are checked before anything is written: no run directory, no config.toml.
+        assert!(!run.exists(), "{sets:?} left {}", run.display());
     }
+    // A missing file: one line naming it, with the OS's reason said once.
     let out = mla().args(["train", "/nonexistent.toml"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent.toml"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 
     // A finished run is never overwritten by a fresh one.
     let short = ["train.max_steps=2", "schedule.warmup_steps=0"];

@@ -100,9 +100,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(&plan_path, serde_json::to_string_pretty(&plan)? + "\n")
         .with_context(|| format!("writing {}", plan_path.display()))?;
 
-    let interrupt = super::interrupt_flag()?;
-
-    let report = ablate::execute(&runs, &arms, interrupt, &mut |line| eprintln!("{line}"))?;
+    let stop = mla_train::stop::StopSignal::install()
+        .context("cannot install the SIGINT/SIGTERM handlers")?;
+    let report = ablate::execute(&runs, &arms, stop, &mut |line| eprintln!("{line}"))?;
     if report.interrupted {
         eprintln!("interrupted; run the same command again to continue where it stopped");
         return Ok(());

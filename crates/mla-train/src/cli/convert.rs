@@ -93,6 +93,8 @@ fn load_source(path: &Path, device: &burn::tensor::Device) -> anyhow::Result<Sou
             eval: EvalSection::default(),
             checkpoint: CheckpointSection::default(),
             log: LogSection::default(),
+            dist: Default::default(),
+            set_aside: vec![],
         };
         return Ok(Source {
             model,
@@ -378,6 +380,7 @@ fn write_checkpoint(
             best_val_loss: None,
             device: "cpu".into(),
             dtype: "f32".into(),
+            world_size: 1,
         };
         // Written last: its presence marks the checkpoint complete.
         std::fs::write(

@@ -88,22 +88,21 @@ pub fn data_tokenizer(table: &toml::Table) -> Option<&str> {
         .and_then(|t| t.as_str())
 }
 
-/// A flag that the first Ctrl-C sets (the training loop then checkpoints and stops after the
-/// current step); a second Ctrl-C exits at once.
-pub fn interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let interrupt = std::sync::Arc::new(AtomicBool::new(false));
-    let flag = interrupt.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted again: exiting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!("\nCtrl-C: saving a checkpoint after this step (press again to quit now)");
-    })
-    .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
-    Ok(interrupt)
+/// A run stopped by a signal after its checkpoint: `main` prints the message and exits with
+/// `code` (128 + the signal, as a shell reports it).
+#[derive(Debug)]
+pub struct Stopped {
+    pub code: u8,
+    pub message: String,
 }
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Stopped {}
 
 pub fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
