@@ -11,10 +11,12 @@ pub mod error;
 pub mod eval;
 pub mod figure;
 pub mod generate;
+pub mod generate_batch;
 pub mod hf;
 pub mod metrics;
 pub mod optim;
 pub mod precision;
+pub mod prompts;
 pub mod schedule;
 pub mod trainer;
 
