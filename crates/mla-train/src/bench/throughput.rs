@@ -145,8 +145,9 @@ impl ThroughputArm {
 pub struct ThroughputReport {
     pub source: String,
     pub device: String,
-    /// The CPU, from /proc/cpuinfo (model name and AVX-512 flags), when known.
+    /// The CPU, from /proc/cpuinfo (model name, cores, AVX-512 or not), when known.
     pub cpu: Option<String>,
+    pub cpu_avx512_flags: Vec<String>,
     pub budget_bytes: usize,
     pub context: usize,
     pub new_tokens: usize,
@@ -201,8 +202,9 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// The CPU's model name and AVX-512 flags (Linux).
-pub fn cpu_name() -> Option<String> {
+/// The CPU's model name, core count and whether it has AVX-512 (Linux), e.g. "Intel(R)
+/// Xeon(R) Processor, 2 cores, AVX-512", and its AVX-512 flags.
+pub fn cpu_name() -> Option<(String, Vec<String>)> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     let name = info
         .lines()
@@ -212,18 +214,16 @@ pub fn cpu_name() -> Option<String> {
         .trim()
         .to_string();
     let flags = info.lines().find(|l| l.starts_with("flags"))?;
-    let mut avx512: Vec<&str> = flags
+    let mut avx512: Vec<String> = flags
         .split_whitespace()
         .filter(|f| f.starts_with("avx512"))
+        .map(String::from)
         .collect();
     avx512.sort_unstable();
     avx512.dedup();
     let cores = info.lines().filter(|l| l.starts_with("processor")).count();
-    Some(if avx512.is_empty() {
-        format!("{name}, {cores} cores, no AVX-512")
-    } else {
-        format!("{name}, {cores} cores, {}", avx512.join(" "))
-    })
+    let simd = if avx512.is_empty() { "no AVX-512" } else { "AVX-512" };
+    Some((format!("{name}, {cores} cores, {simd}"), avx512))
 }
 
 /// The arm's model, in its inference precision.
@@ -342,10 +342,12 @@ pub fn run_throughput(
     let largest_weights = reports.iter().map(|a| a.weight_bytes).max().unwrap_or(0);
     let limit = baseline.unwrap_or(0) + opts.budget + largest_weights + OVERHEAD_BYTES;
     let peak = reports.iter().filter_map(|a| a.rss_peak_bytes).max();
+    let (cpu, cpu_avx512_flags) = cpu_name().unzip();
     Ok(ThroughputReport {
         source: source.to_string(),
         device: device_name.to_string(),
-        cpu: cpu_name(),
+        cpu,
+        cpu_avx512_flags: cpu_avx512_flags.unwrap_or_default(),
         budget_bytes: opts.budget,
         context: t,
         new_tokens: n,
@@ -439,8 +441,10 @@ fn mb(bytes: usize) -> String {
     let m = bytes as f64 / 1e6;
     if m >= 100.0 {
         format!("{m:.0}")
-    } else {
+    } else if m >= 1.0 {
         format!("{m:.1}")
+    } else {
+        format!("{m:.3}")
     }
 }
 
@@ -645,7 +649,7 @@ mod plot {
                 ),
                 label(
                     &format!("{} | {}", r.device, r.cpu.as_deref().unwrap_or("")),
-                    (WIDTH as i32 / 2, 46),
+                    (WIDTH as i32 / 2, 44),
                     13.0,
                     HAlign::Center,
                     VAlign::Center,
@@ -661,7 +665,7 @@ mod plot {
                 .fold(0.0, f64::max)
                 .max(1e-9)
                 * 1.12;
-            let (ml, mr, mt, mb) = (90i32, 30i32, 70i32, 64i32);
+            let (ml, mr, mt, mb) = (90i32, 30i32, 84i32, 64i32);
             let mut chart = ChartBuilder::on(root)
                 .margin_left(ml)
                 .margin_right(mr)
@@ -738,11 +742,11 @@ mod plot {
                 VAlign::Center,
             ));
             labels.push(label(
-                "decode tokens/s",
-                (x0 - 70, (y0 + y1) / 2),
+                "decode tokens/s, all sequences together",
+                (x0, y1 - 8),
                 14.0,
-                HAlign::Center,
-                VAlign::Center,
+                HAlign::Left,
+                VAlign::Bottom,
             ));
             Ok(labels)
         }
