@@ -74,6 +74,7 @@ fn opts(budget: usize) -> ThroughputOptions {
         batches: None,
         repeats: 1,
         seed: 2,
+        only: None,
     }
 }
 
@@ -102,8 +103,10 @@ fn the_report_runs_every_arm_to_its_budget_and_writes_its_files() {
     let table = r.table();
     assert!(table.contains("max batch") && table.contains("x MHA"), "{table}");
     assert!(table.contains("1.00"), "MHA against itself: {table}");
-    if r.rss_peak_bytes.is_some() {
-        assert_eq!(r.within_memory, Some(true), "{}", table);
+    for a in &r.arms {
+        if a.rss_peak_bytes.is_some() {
+            assert_eq!(a.within_memory, Some(true), "{}: {table}", a.name);
+        }
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -174,6 +177,14 @@ fn cli_runs_the_throughput_bench_and_refuses_a_tiny_budget() {
     let table = String::from_utf8_lossy(&ok.stdout);
     assert!(table.contains("mla") && table.contains("mha") && table.contains("max batch"), "{table}");
     assert!(out.join("throughput.png").exists());
+    // Each arm ran in a process of its own, within its memory limit.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("throughput.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["isolated"], true);
+    for a in json["arms"].as_array().unwrap() {
+        assert_ne!(a["within_memory"], false, "{a}");
+    }
 
     let mut c = common::mla();
     c.args(["bench", "throughput"]).arg(&config).args([

@@ -6,18 +6,22 @@
 //! (parameter-matched as in `mla bench decode`) the largest batch whose cache fits the budget
 //! at context `T` is `budget / (T * cache bytes per token)` (from the accounting). The arm is
 //! then decoded at that batch and at a few smaller ones, through the batched cache generation
-//! uses ([`mla_model::KvCache::batched`]): every slot is prefilled with `T - N` tokens (a few
-//! random prompts, cycled over the slots: decode cost does not depend on the values), then
+//! uses ([`mla_model::KvCache::batched`]): every slot is prefilled with `T - N` tokens (one to
+//! four random prompts, cycled over the slots: decode cost does not depend on the values), then
 //! `N` greedy tokens are decoded per slot, so that the cache ends holding `T` tokens a slot.
 //! The bytes the cache tensors really hold are checked against the accounting before and after
 //! (a mismatch is an error), and its buffers, room included, against the budget. Each point is
 //! the fastest of `repeats` runs from the same prefilled cache (cut back between runs).
 //!
-//! Arms run one after another, each model dropped before the next, and the peak resident
-//! memory of the process is read around each (Linux: `VmHWM`, reset per arm through
-//! `/proc/self/clear_refs`). It must stay within the memory at the start plus the budget plus
-//! the arm's weights plus [`OVERHEAD_BYTES`] (activations, the prefill's temporary cache, the
-//! allocator); the report says whether it did.
+//! Batches are measured from the largest down, so that memory freed by one measurement is
+//! what the next reuses (the allocator keeps freed memory, see `keep_freed_memory` in
+//! main.rs). The peak resident memory of the process is read around each arm (Linux: `VmHWM`,
+//! reset per arm through `/proc/self/clear_refs`). It must stay within the memory at the
+//! arm's start plus the budget plus its weights plus [`OVERHEAD_BYTES`] (activations, the
+//! prefilled prompts, the allocator); the report says whether it did. Memory an earlier arm
+//! freed stays resident, so `mla bench throughput` runs each arm in a process of its own
+//! ([`ThroughputOptions::only`], [`ThroughputReport::merge`]): each arm's peak is then the
+//! whole footprint of a process that serves that batch.
 //!
 //! Outputs: a text table, `throughput.json`, `throughput.md`, and `throughput.png` / `.svg`
 //! (tokens/s against batch, one curve per arm, each ending at its budget).
@@ -29,7 +33,7 @@ use mla_model::accounting::{self, CacheMode};
 use mla_model::{DType, KvCache, Lm};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     Arm, ArmWeights, BenchError, int_tensor, next_tokens, process_cpu_s, random_tokens,
@@ -59,6 +63,9 @@ pub struct ThroughputOptions {
     pub repeats: usize,
     /// Seeds the random prompts.
     pub seed: u64,
+    /// Measure only the arm of this name (every arm is still sized, so that the batches are
+    /// those of the whole run): one arm per process.
+    pub only: Option<String>,
 }
 
 /// Parse a memory size: a number of bytes, or with a unit (`K`, `M`, `G`: powers of 1000 with
@@ -91,7 +98,7 @@ pub fn parse_size(s: &str) -> Result<usize, BenchError> {
 }
 
 /// One arm at one batch.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BatchPoint {
     pub batch: usize,
     /// Bytes the cache tensors hold at the end (`batch * context` tokens), equal to the
@@ -108,7 +115,7 @@ pub struct BatchPoint {
     pub tokens_per_cpu_s: Option<f64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ThroughputArm {
     pub name: String,
     pub attention: String,
@@ -126,9 +133,13 @@ pub struct ThroughputArm {
     pub max_batch: usize,
     /// By increasing batch; the last is `max_batch`.
     pub points: Vec<BatchPoint>,
-    /// Resident memory when the arm started and its peak during the arm (Linux).
+    /// Resident memory when the arm started (before its model) and its peak during the arm
+    /// (Linux).
     pub rss_start_bytes: Option<usize>,
     pub rss_peak_bytes: Option<usize>,
+    /// `rss_start + budget + weights + overhead`, and whether the peak stayed within it.
+    pub memory_limit_bytes: Option<usize>,
+    pub within_memory: Option<bool>,
 }
 
 impl ThroughputArm {
@@ -141,7 +152,7 @@ impl ThroughputArm {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ThroughputReport {
     pub source: String,
     pub device: String,
@@ -154,14 +165,9 @@ pub struct ThroughputReport {
     pub repeats: usize,
     /// The MHA arm's max batch, when there is one: every arm is also measured there.
     pub mha_max_batch: Option<usize>,
-    /// Resident memory before the first arm (Linux).
-    pub rss_baseline_bytes: Option<usize>,
     pub overhead_bytes: usize,
-    /// Highest peak of any arm, and whether it stayed within baseline + budget + the largest
-    /// weights + overhead.
-    pub rss_peak_bytes: Option<usize>,
-    pub memory_limit_bytes: usize,
-    pub within_memory: Option<bool>,
+    /// Whether each arm ran in a process of its own.
+    pub isolated: bool,
     pub arms: Vec<ThroughputArm>,
 }
 
@@ -268,15 +274,12 @@ fn check_held(arm: &Arm, cache: &KvCache, tokens: usize, batch: usize) -> Result
     Ok(())
 }
 
-/// Run the benchmark over `arms` (see the module docs). `progress` gets one line per point.
-pub fn run_throughput(
-    source: &str,
+/// Each arm's cache bytes per token and max batch; an error when the new tokens do not fit
+/// the context, the context does not fit an arm, or the budget holds no sequence of it.
+pub fn check_budget(
     arms: &[Arm],
     opts: &ThroughputOptions,
-    device: &burn::tensor::Device,
-    device_name: &str,
-    mut progress: impl FnMut(&str),
-) -> Result<ThroughputReport, BenchError> {
+) -> Result<Vec<(usize, usize)>, BenchError> {
     let (t, n) = (opts.context, opts.new_tokens);
     if n == 0 || n >= t {
         return Err(BenchError::Invalid(format!(
@@ -284,7 +287,7 @@ pub fn run_throughput(
              context - new-tokens prefilled tokens, then the new ones; got {n}"
         )));
     }
-    let sized: Vec<(usize, usize)> = arms
+    arms
         .iter()
         .map(|arm| {
             if t > arm.config.max_seq_len {
@@ -306,16 +309,31 @@ pub fn run_throughput(
             }
             Ok((per_token, max))
         })
-        .collect::<Result<_, _>>()?;
+        .collect()
+}
+
+/// Run the benchmark over `arms` (see the module docs). `progress` gets one line per point.
+pub fn run_throughput(
+    source: &str,
+    arms: &[Arm],
+    opts: &ThroughputOptions,
+    device: &burn::tensor::Device,
+    device_name: &str,
+    mut progress: impl FnMut(&str),
+) -> Result<ThroughputReport, BenchError> {
+    let (t, n) = (opts.context, opts.new_tokens);
+    let sized = check_budget(arms, opts)?;
     let mha_max = arms
         .iter()
         .zip(&sized)
         .find(|(a, _)| a.name == "mha")
         .map(|(_, &(_, max))| max);
 
-    let baseline = rss().map(|(now, _)| now);
     let mut reports = Vec::with_capacity(arms.len());
     for (arm, &(per_token, max)) in arms.iter().zip(&sized) {
+        if opts.only.as_ref().is_some_and(|only| *only != arm.name) {
+            continue;
+        }
         reset_peak_rss();
         let rss_start = rss().map(|(now, _)| now);
         let model = load(arm, device)?;
@@ -323,25 +341,33 @@ pub fn run_throughput(
         let points = measure_arm(arm, &model, &batches, opts, device, &mut progress)?;
         drop(model);
         let params = accounting::param_counts(&arm.config).total;
+        let weight_bytes = params * arm.config.dtype.bytes();
+        let rss_peak = rss().map(|(_, peak)| peak);
+        let limit = rss_start.map(|s| s + opts.budget + weight_bytes + OVERHEAD_BYTES);
         reports.push(ThroughputArm {
             name: arm.name.clone(),
             attention: arm.config.kind().to_string(),
             cache_mode: arm.mode,
             dtype: arm.config.dtype.as_str().to_string(),
             params,
-            weight_bytes: params * arm.config.dtype.bytes(),
+            weight_bytes,
             model: arm.config.to_section(),
             cache_bytes_per_token: per_token,
             bytes_per_sequence: per_token * t,
             max_batch: max,
             points,
             rss_start_bytes: rss_start,
-            rss_peak_bytes: rss().map(|(_, peak)| peak),
+            rss_peak_bytes: rss_peak,
+            memory_limit_bytes: limit,
+            within_memory: rss_peak.zip(limit).map(|(p, l)| p <= l),
         });
     }
-    let largest_weights = reports.iter().map(|a| a.weight_bytes).max().unwrap_or(0);
-    let limit = baseline.unwrap_or(0) + opts.budget + largest_weights + OVERHEAD_BYTES;
-    let peak = reports.iter().filter_map(|a| a.rss_peak_bytes).max();
+    if reports.is_empty() {
+        return Err(BenchError::Invalid(format!(
+            "no arm is named {:?}",
+            opts.only.as_deref().unwrap_or_default()
+        )));
+    }
     let (cpu, cpu_avx512_flags) = cpu_name().unzip();
     Ok(ThroughputReport {
         source: source.to_string(),
@@ -353,11 +379,8 @@ pub fn run_throughput(
         new_tokens: n,
         repeats: opts.repeats.max(1),
         mha_max_batch: mha_max,
-        rss_baseline_bytes: baseline,
         overhead_bytes: OVERHEAD_BYTES,
-        rss_peak_bytes: peak,
-        memory_limit_bytes: limit,
-        within_memory: baseline.and(peak).map(|p| p <= limit),
+        isolated: false,
         arms: reports,
     })
 }
@@ -373,14 +396,17 @@ fn measure_arm(
 ) -> Result<Vec<BatchPoint>, BenchError> {
     let (t, n) = (opts.context, opts.new_tokens);
     let prompt = t - n;
-    let k = PROMPTS.min(batches[batches.len() - 1]);
+    // The prefilled prompts stay held through the arm: at most an eighth of the largest batch.
+    let k = (batches[batches.len() - 1] / 8).clamp(1, PROMPTS);
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let ids = random_tokens(&mut rng, k, prompt, arm.config.vocab_size);
     let mut prefilled = model.new_cache(arm.mode).with_capacity(prompt);
     let first = next_tokens(model.forward_cached_last(int_tensor(ids, k, device), &mut prefilled));
 
+    // Largest batch first: the allocator keeps freed memory for reuse (purge off), so a small
+    // cache measured first would stay resident next to the large one.
     let mut points = Vec::with_capacity(batches.len());
-    for &batch in batches {
+    for &batch in batches.iter().rev() {
         let mut cache = model.new_batched_cache(arm.mode, batch, t);
         for slot in 0..batch {
             cache.insert(slot, &prefilled, slot % k, prompt);
@@ -434,6 +460,7 @@ fn measure_arm(
         ));
         points.push(point);
     }
+    points.reverse();
     Ok(points)
 }
 
@@ -470,6 +497,7 @@ impl ThroughputReport {
             head.push(format!("tok/s @{b}"));
         }
         head.push("peak RSS MB".into());
+        head.push("RSS limit MB".into());
         let mha_speed = self.mha().map(|m| m.at_max().tokens_per_s);
         let rows = self
             .arms
@@ -492,6 +520,7 @@ impl ThroughputReport {
                     );
                 }
                 row.push(a.rss_peak_bytes.map_or("-".into(), mb));
+                row.push(a.memory_limit_bytes.map_or("-".into(), mb));
                 row
             })
             .collect();
@@ -512,19 +541,38 @@ impl ThroughputReport {
         )
     }
 
+    /// Whether every arm stayed within its memory limit (`None`: not measured here).
+    pub fn within_memory(&self) -> Option<bool> {
+        let each: Option<Vec<bool>> = self.arms.iter().map(|a| a.within_memory).collect();
+        each.map(|w| w.iter().all(|&x| x))
+    }
+
     fn memory_line(&self) -> String {
-        match (self.rss_peak_bytes, self.within_memory) {
-            (Some(peak), Some(ok)) => format!(
-                "peak RSS {} MB {} the limit of {} MB (start {} + budget + largest weights + \
-                 overhead {} MB)",
-                mb(peak),
+        let how = if self.isolated {
+            "each arm in a process of its own"
+        } else {
+            "arms in one process"
+        };
+        match self.within_memory() {
+            Some(ok) => format!(
+                "peak RSS {} every arm's limit: memory at its start + budget + weights + {} MB \
+                 overhead ({how})",
                 if ok { "within" } else { "ABOVE" },
-                mb(self.memory_limit_bytes),
-                mb(self.rss_baseline_bytes.unwrap_or(0)),
                 mb(self.overhead_bytes)
             ),
-            _ => "peak RSS not measured on this system".into(),
+            None => "peak RSS not measured on this system".into(),
         }
+    }
+
+    /// One report from those of runs that each measured one arm (in input order).
+    pub fn merge(parts: Vec<ThroughputReport>) -> Option<ThroughputReport> {
+        let mut parts = parts.into_iter();
+        let mut report = parts.next()?;
+        for p in parts {
+            report.arms.extend(p.arms);
+        }
+        report.isolated = true;
+        Some(report)
     }
 
     /// A plain-text table for the terminal.

@@ -75,6 +75,14 @@ struct ThroughputArgs {
     /// cpu, tch-cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Run every arm in this process instead of one process per arm (peak memory then
+    /// includes what earlier arms freed).
+    #[arg(long)]
+    in_process: bool,
+    /// Internal: measure only this arm and print its report as JSON (what each per-arm
+    /// process does).
+    #[arg(long, hide = true)]
+    only_arm: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -308,6 +316,23 @@ fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     )?;
     let device = mla_train::device::parse(&args.device)?.device()?;
     let device_name = format!("{} {}", args.device, dtype.as_str());
+    let opts = ThroughputOptions {
+        budget,
+        context: args.context,
+        new_tokens: args.new_tokens,
+        batches: args.batches.clone(),
+        repeats: args.repeat,
+        seed: args.seed,
+        only: args.only_arm.clone(),
+    };
+    let progress = |l: &str| eprintln!("{l}");
+    if args.only_arm.is_some() {
+        // One arm of a run that gives each arm a process: the report goes to the parent.
+        let report =
+            throughput::run_throughput(&source, &arms, &opts, &device, &device_name, progress)?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     for arm in &arms {
         eprintln!(
             "{:<10} {} | {:.2}M parameters | {} cache bytes per token{}",
@@ -322,26 +347,65 @@ fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
             }
         );
     }
-    let opts = ThroughputOptions {
-        budget,
-        context: args.context,
-        new_tokens: args.new_tokens,
-        batches: args.batches.clone(),
-        repeats: args.repeat,
-        seed: args.seed,
+    let report = if args.in_process || arms.len() == 1 {
+        throughput::run_throughput(&source, &arms, &opts, &device, &device_name, progress)?
+    } else {
+        // Sizing errors (a budget below one sequence) before any process starts.
+        throughput::check_budget(&arms, &opts)?;
+        let parts = arms
+            .iter()
+            .map(|arm| arm_in_own_process(&args, &arm.name))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        throughput::ThroughputReport::merge(parts).context("no arms")?
     };
-    let report = throughput::run_throughput(&source, &arms, &opts, &device, &device_name, |l| {
-        eprintln!("{l}")
-    })?;
     report.write(&args.out)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.table());
     }
-    if report.within_memory == Some(false) {
+    if report.within_memory() == Some(false) {
         eprintln!("warning: peak memory went above budget + weights + the stated overhead");
     }
     eprintln!("wrote {}/throughput.{{json,md,png,svg}}", args.out.display());
     Ok(())
+}
+
+/// Run this command again for one arm (`--only-arm`) and read back its report.
+fn arm_in_own_process(
+    args: &ThroughputArgs,
+    arm: &str,
+) -> anyhow::Result<throughput::ThroughputReport> {
+    let mut c = std::process::Command::new(
+        std::env::current_exe().context("finding this program to run an arm")?,
+    );
+    c.args(["bench", "throughput"]);
+    if let Some(p) = &args.source {
+        c.arg(p);
+    }
+    if let Some(p) = &args.preset {
+        c.args(["--preset", p]);
+    }
+    c.args(["--kv-budget", &args.kv_budget]);
+    c.args(["--context", &args.context.to_string()]);
+    c.args(["--attn", &args.attn.join(",")]);
+    c.args(["--new-tokens", &args.new_tokens.to_string()]);
+    if let Some(b) = &args.batches {
+        let b: Vec<String> = b.iter().map(usize::to_string).collect();
+        c.args(["--batches", &b.join(",")]);
+    }
+    c.args(["--repeat", &args.repeat.to_string()]);
+    for o in &args.set {
+        c.args(["--set", o]);
+    }
+    if let Some(v) = args.vocab_size {
+        c.args(["--vocab-size", &v.to_string()]);
+    }
+    c.args(["--seed", &args.seed.to_string()]);
+    c.args(["--device", &args.device]);
+    c.args(["--only-arm", arm]);
+    c.stderr(std::process::Stdio::inherit());
+    let out = c.output().with_context(|| format!("running the {arm} arm"))?;
+    anyhow::ensure!(out.status.success(), "the {arm} arm failed ({})", out.status);
+    serde_json::from_slice(&out.stdout).with_context(|| format!("reading the {arm} arm's report"))
 }
