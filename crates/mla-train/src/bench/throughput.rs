@@ -398,10 +398,18 @@ fn measure_arm(
     let prompt = t - n;
     // The prefilled prompts stay held through the arm: at most an eighth of the largest batch.
     let k = (batches[batches.len() - 1] / 8).clamp(1, PROMPTS);
+    // One prompt per forward pass: the prefill's activations are those of one sequence.
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    let ids = random_tokens(&mut rng, k, prompt, arm.config.vocab_size);
-    let mut prefilled = model.new_cache(arm.mode).with_capacity(prompt);
-    let first = next_tokens(model.forward_cached_last(int_tensor(ids, k, device), &mut prefilled));
+    let mut prefilled = Vec::with_capacity(k);
+    let mut first = Vec::with_capacity(k);
+    for _ in 0..k {
+        let ids = random_tokens(&mut rng, 1, prompt, arm.config.vocab_size);
+        let mut cache = model.new_cache(arm.mode).with_capacity(prompt);
+        first.extend(next_tokens(
+            model.forward_cached_last(int_tensor(ids, 1, device), &mut cache),
+        ));
+        prefilled.push(cache);
+    }
 
     // Largest batch first: the allocator keeps freed memory for reuse (purge off), so a small
     // cache measured first would stay resident next to the large one.
@@ -409,7 +417,7 @@ fn measure_arm(
     for &batch in batches.iter().rev() {
         let mut cache = model.new_batched_cache(arm.mode, batch, t);
         for slot in 0..batch {
-            cache.insert(slot, &prefilled, slot % k, prompt);
+            cache.insert(slot, &prefilled[slot % k], 0, prompt);
         }
         check_held(arm, &cache, prompt, batch)?;
         let start: Vec<i64> = (0..batch).map(|s| first[s % k]).collect();
@@ -553,13 +561,19 @@ impl ThroughputReport {
         } else {
             "arms in one process"
         };
+        let above: Vec<&str> = self
+            .arms
+            .iter()
+            .filter(|a| a.within_memory == Some(false))
+            .map(|a| a.name.as_str())
+            .collect();
+        let limit = format!(
+            "memory at its start + budget + weights + {} MB overhead ({how})",
+            mb(self.overhead_bytes)
+        );
         match self.within_memory() {
-            Some(ok) => format!(
-                "peak RSS {} every arm's limit: memory at its start + budget + weights + {} MB \
-                 overhead ({how})",
-                if ok { "within" } else { "ABOVE" },
-                mb(self.overhead_bytes)
-            ),
+            Some(true) => format!("peak RSS within every arm's limit: {limit}"),
+            Some(false) => format!("peak RSS ABOVE the limit for {}: {limit}", above.join(", ")),
             None => "peak RSS not measured on this system".into(),
         }
     }
