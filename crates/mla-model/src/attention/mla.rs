@@ -238,16 +238,34 @@ impl MultiHeadLatentAttention {
         // A batched cache: the latents past a shorter row's length are not its own.
         let key_mask = cache.key_mask();
 
-        // W_UK into the query: [b, h, 1, nope] @ [1, h, nope, r] -> [b, h, 1, r]
-        let q_latent = q_nope.matmul(w_uk);
+        // W_UK into the query, the batch as rows of one matmul per head (a broadcast over b
+        // would copy W_UK for every sequence): [b, h, 1, nope] -> [1, h, b, nope]
+        // @ [1, h, nope, r] -> [1, h, b, r] -> [b, h, 1, r]
+        let nope = self.qk_nope_head_dim;
+        let q_latent = q_nope
+            .reshape([b, h, nope])
+            .swap_dims(0, 1)
+            .reshape([1, h, b, nope])
+            .matmul(w_uk)
+            .reshape([h, b, r])
+            .swap_dims(0, 1)
+            .reshape([b, h, 1, r]);
         // [b, h, 1, r + rope] -> [b, 1, h, r + rope]: heads folded into query rows
         let q = Tensor::cat(vec![q_latent, q_pe], 3).reshape([b, 1, h, r + rope_d]);
         // The latents are the keys, and their c_kv columns the values (a strided view, no copy).
         let c_kv = latents.clone().slice_dim(3, 0..r); // [b, 1, T, r]
         // [b, 1, h, r]
         let ctx = last_position_attention_masked(q, latents, c_kv, self.scale, key_mask);
-        // W_UV into the output: [b, 1, h, r] -> [b, h, 1, r] @ [1, h, r, v] -> [b, h, 1, v]
-        ctx.reshape([b, h, 1, r]).matmul(w_uv)
+        // W_UV into the output, again one matmul per head: [b, 1, h, r] -> [1, h, b, r]
+        // @ [1, h, r, v] -> [1, h, b, v] -> [b, h, 1, v]
+        let v_d = self.v_head_dim;
+        ctx.reshape([b, h, r])
+            .swap_dims(0, 1)
+            .reshape([1, h, b, r])
+            .matmul(w_uv)
+            .reshape([h, b, v_d])
+            .swap_dims(0, 1)
+            .reshape([b, h, 1, v_d])
     }
 
     /// Split `kv_b_proj` into per-head W_UK and W_UV, arranged for [`Self::attend_absorbed`].
