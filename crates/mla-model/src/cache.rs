@@ -310,7 +310,10 @@ impl LayerCache {
         let lens = self.slots.as_ref().expect("insert into a batched cache");
         let (slots, capacity) = (lens.len(), self.reserve.max(len));
         let zeroed = |like: &Rows| Rows::zeroed(&like.buf, slots, capacity);
-        self.state = match (std::mem::replace(&mut self.state, State::Empty), &from.state) {
+        self.state = match (
+            std::mem::replace(&mut self.state, State::Empty),
+            &from.state,
+        ) {
             (State::Empty, State::Kv { k, v }) => State::Kv {
                 k: zeroed(k).insert(slot, &k.filled(), row, len),
                 v: zeroed(v).insert(slot, &v.filled(), row, len),
@@ -436,7 +439,11 @@ impl KvCache {
     pub fn insert(&mut self, slot: usize, from: &KvCache, row: usize, len: usize) {
         assert_eq!(self.mode, from.mode, "inserting between cache modes");
         assert!(from.slot_lens().is_none(), "inserting from a batched cache");
-        assert!(len <= from.len(), "inserting {len} of {} tokens", from.len());
+        assert!(
+            len <= from.len(),
+            "inserting {len} of {} tokens",
+            from.len()
+        );
         for (layer, src) in self.layers.iter_mut().zip(&from.layers) {
             layer.insert(slot, src, row, len);
         }

@@ -16,7 +16,9 @@ fn tokens(rows: &[Vec<i64>]) -> Tensor<2, Int> {
 
 /// A deterministic token stream (an LCG, independent of any RNG crate).
 fn sequence(t: usize, vocab: usize, seed: u64) -> Vec<i64> {
-    let mut s = seed.wrapping_mul(2862933555777941757).wrapping_add(3037000493);
+    let mut s = seed
+        .wrapping_mul(2862933555777941757)
+        .wrapping_add(3037000493);
     (0..t)
         .map(|_| {
             s = s
@@ -81,7 +83,7 @@ fn batched_cached_decode_equals_the_full_forward_at_every_step() {
         for mode in [CacheMode::Latent, CacheMode::Naive] {
             let what = |s: &str| format!("{name} {mode:?}: {s}");
             let per_token = accounting::kv_cache(&cfg, mode).bytes_per_token;
-            let mut lens = vec![3usize, 9, 5];
+            let mut lens = [3usize, 9, 5];
             let prompts: Vec<&[i64]> = (0..3).map(|i| &seqs[i][..lens[i]]).collect();
             let (pre, first) = prefill(&model, mode, &prompts);
             for i in 0..3 {
@@ -126,7 +128,11 @@ fn batched_cached_decode_equals_the_full_forward_at_every_step() {
                     what("bytes held")
                 );
             }
-            assert!(cache.bytes_reserved() >= per_token * 3 * 17, "{}", what("grown"));
+            assert!(
+                cache.bytes_reserved() >= per_token * 3 * 17,
+                "{}",
+                what("grown")
+            );
         }
     }
 }
@@ -136,10 +142,15 @@ fn batched_cached_decode_equals_the_full_forward_at_every_step() {
 /// as before.
 #[test]
 fn freed_and_truncated_slots_decode_as_before() {
-    let (name, cfg) = variants().into_iter().find(|(n, _)| *n == "mla-q-lora").unwrap();
+    let (name, cfg) = variants()
+        .into_iter()
+        .find(|(n, _)| *n == "mla-q-lora")
+        .unwrap();
     device().seed(5);
     let model = Lm::new(&cfg, &device());
-    let seqs: Vec<Vec<i64>> = (0..2).map(|i| sequence(12, cfg.vocab_size, 30 + i)).collect();
+    let seqs: Vec<Vec<i64>> = (0..2)
+        .map(|i| sequence(12, cfg.vocab_size, 30 + i))
+        .collect();
     let full: Vec<Vec<Vec<f32>>> = seqs.iter().map(|s| full_logits(&model, s)).collect();
     let (pre, _) = prefill(&model, CacheMode::Latent, &[&seqs[0][..4], &seqs[1][..4]]);
     let mut cache = model.new_batched_cache(CacheMode::Latent, 2, 12);
@@ -148,15 +159,23 @@ fn freed_and_truncated_slots_decode_as_before() {
     // Slot 1 is freed: it decodes a placeholder at position 0 and is cut back to 0 each step.
     cache.truncate_slot(1, 0);
     for p in 4..8 {
-        let logits = rows(model.forward_cached_last(tokens(&[vec![seqs[0][p]], vec![0]]), &mut cache));
+        let logits =
+            rows(model.forward_cached_last(tokens(&[vec![seqs[0][p]], vec![0]]), &mut cache));
         assert_close(&logits[0], &full[0][p], 2e-5, name);
-        assert!(logits[1].iter().all(|x| x.is_finite()), "{name}: placeholder row");
+        assert!(
+            logits[1].iter().all(|x| x.is_finite()),
+            "{name}: placeholder row"
+        );
         cache.truncate_slot(1, 0);
     }
     assert_eq!(cache.slot_lens().unwrap(), &[8, 0]);
     // Cut slot 0 back to 6 tokens and decode positions 6.. again.
     cache.truncate_slot(0, 6);
-    assert_eq!(cache.len(), 6, "the attended view shrinks with the longest slot");
+    assert_eq!(
+        cache.len(),
+        6,
+        "the attended view shrinks with the longest slot"
+    );
     let logits = rows(model.forward_cached_last(tokens(&[vec![seqs[0][6]], vec![0]]), &mut cache));
     assert_close(&logits[0], &full[0][6], 2e-5, name);
 }

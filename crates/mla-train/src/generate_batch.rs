@@ -103,7 +103,10 @@ struct Running {
 impl Running {
     /// The last token, the one the next step feeds.
     fn last(&self) -> u32 {
-        *self.tokens.last().unwrap_or_else(|| self.prompt.last().expect("a prompt"))
+        *self
+            .tokens
+            .last()
+            .unwrap_or_else(|| self.prompt.last().expect("a prompt"))
     }
 
     fn len(&self) -> usize {
@@ -112,7 +115,12 @@ impl Running {
 
     /// Sample the next token from `logits`, as [`crate::generate::generate`] does; `Some` when
     /// the sequence is done.
-    fn advance(&mut self, logits: &[f32], opts: &GenerateOptions, max_seq_len: usize) -> Option<StopReason> {
+    fn advance(
+        &mut self,
+        logits: &[f32],
+        opts: &GenerateOptions,
+        max_seq_len: usize,
+    ) -> Option<StopReason> {
         if self.tokens.len() >= opts.max_new_tokens {
             return Some(StopReason::MaxNewTokens);
         }
@@ -162,7 +170,11 @@ pub fn generate_batch(
     let mut run = Run {
         model,
         opts,
-        queue: fitted.into_iter().enumerate().collect::<Vec<_>>().into_iter(),
+        queue: fitted
+            .into_iter()
+            .enumerate()
+            .collect::<Vec<_>>()
+            .into_iter(),
         slots: (0..batch.min(prompts.len())).map(|_| None).collect(),
         results: vec![None; prompts.len()],
         stats: BatchStats::default(),
@@ -204,8 +216,8 @@ fn fit_prompts(
                     vocab_size: cfg.vocab_size,
                 }));
             }
-            let (kept, dropped) = fit_prompt(p, opts.max_new_tokens, cfg.max_seq_len, opts.truncate)
-                .map_err(fail)?;
+            let (kept, dropped) =
+                fit_prompt(p, opts.max_new_tokens, cfg.max_seq_len, opts.truncate).map_err(fail)?;
             Ok((kept.to_vec(), dropped))
         })
         .collect()
@@ -279,7 +291,9 @@ impl Run<'_> {
             .queue
             .as_slice()
             .iter()
-            .map(|(_, (p, _))| (p.len() + self.opts.max_new_tokens).min(cfg.max_seq_len.max(p.len())))
+            .map(|(_, (p, _))| {
+                (p.len() + self.opts.max_new_tokens).min(cfg.max_seq_len.max(p.len()))
+            })
             .max()
             .unwrap_or(1);
         let mut cache = self
@@ -439,6 +453,10 @@ mod tests {
             index: 2,
             source: GenerateError::EmptyPrompt,
         };
-        assert!(e.to_string().starts_with("prompt 3: the prompt has no tokens"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("prompt 3: the prompt has no tokens"),
+            "{e}"
+        );
     }
 }

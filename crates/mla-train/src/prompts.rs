@@ -17,9 +17,13 @@ pub struct Prompt {
 pub enum PromptsError {
     #[error("reading the prompts file {path}: {message}")]
     Read { path: PathBuf, message: String },
-    #[error("the prompts file {path} has no prompts (give one per line, or JSONL with a \"prompt\" field)")]
+    #[error(
+        "the prompts file {path} has no prompts (give one per line, or JSONL with a \"prompt\" field)"
+    )]
     Empty { path: PathBuf },
-    #[error("{path} line {line}: not a JSON object ({message}); a JSONL prompts file needs {{\"prompt\": \"...\"}} on every line")]
+    #[error(
+        "{path} line {line}: not a JSON object ({message}); a JSONL prompts file needs {{\"prompt\": \"...\"}} on every line"
+    )]
     Json {
         path: PathBuf,
         line: usize,
@@ -101,24 +105,48 @@ mod tests {
         assert_eq!(
             p,
             [
-                Prompt { line: 1, text: "first".into() },
-                Prompt { line: 4, text: "second line".into() }
+                Prompt {
+                    line: 1,
+                    text: "first".into()
+                },
+                Prompt {
+                    line: 4,
+                    text: "second line".into()
+                }
             ]
         );
     }
 
     #[test]
     fn jsonl_reads_the_prompt_field() {
-        let p = parse("{\"prompt\": \"a\\nb\", \"id\": 3}\n\n{\"prompt\": \"\"}\n", true).unwrap();
-        assert_eq!(p[0], Prompt { line: 1, text: "a\nb".into() });
-        assert_eq!(p[1], Prompt { line: 3, text: String::new() });
+        let p = parse(
+            "{\"prompt\": \"a\\nb\", \"id\": 3}\n\n{\"prompt\": \"\"}\n",
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            p[0],
+            Prompt {
+                line: 1,
+                text: "a\nb".into()
+            }
+        );
+        assert_eq!(
+            p[1],
+            Prompt {
+                line: 3,
+                text: String::new()
+            }
+        );
     }
 
     #[test]
     fn bad_files_name_the_file_and_line() {
         let e = parse("\n \n", false).unwrap_err().to_string();
         assert!(e.contains("p.txt has no prompts"), "{e}");
-        let e = parse("{\"prompt\": \"a\"}\n{\"prompt\": \"b\"\n", true).unwrap_err().to_string();
+        let e = parse("{\"prompt\": \"a\"}\n{\"prompt\": \"b\"\n", true)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("p.txt line 2: not a JSON object"), "{e}");
         let e = parse("{\"text\": \"a\"}\n", true).unwrap_err().to_string();
         assert_eq!(e, "p.txt line 1: no string field \"prompt\"");

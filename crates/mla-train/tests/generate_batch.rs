@@ -84,7 +84,11 @@ fn batched(
     assert_eq!(results.len(), prompts.len());
     let mut sorted = order.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, (0..prompts.len()).collect::<Vec<_>>(), "each finishes once");
+    assert_eq!(
+        sorted,
+        (0..prompts.len()).collect::<Vec<_>>(),
+        "each finishes once"
+    );
     assert_eq!(stats.slots, batch.min(prompts.len()));
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r.index, i, "results in input order");
@@ -106,7 +110,11 @@ fn greedy_batched_equals_alone_for_every_attention_type_and_cache() {
     for (name, cfg) in variants() {
         let m = model(&cfg, 1);
         let caches: &[CacheChoice] = if name == "mla" {
-            &[CacheChoice::Latent, CacheChoice::Naive, CacheChoice::Recompute]
+            &[
+                CacheChoice::Latent,
+                CacheChoice::Naive,
+                CacheChoice::Recompute,
+            ]
         } else {
             &[CacheChoice::Latent]
         };
@@ -185,20 +193,28 @@ fn bad_batches_and_prompts_are_refused_naming_the_prompt() {
     );
     let mut p = prompts();
     p[2] = (0..45).collect();
-    let e = generate_batch(&m, &p, 2, &o, |_| {}).unwrap_err().to_string();
+    let e = generate_batch(&m, &p, 2, &o, |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with("prompt 3: the prompt (45 tokens) plus --max-new-tokens (10)"),
         "{e}"
     );
     p[2] = vec![4, 97];
-    let e = generate_batch(&m, &p, 2, &o, |_| {}).unwrap_err().to_string();
+    let e = generate_batch(&m, &p, 2, &o, |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("prompt 3: prompt token id 97"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------
 // The command line.
 
-fn generate_cmd(run_dir: &std::path::Path, prompts: &std::path::Path, extra: &[&str]) -> std::process::Command {
+fn generate_cmd(
+    run_dir: &std::path::Path,
+    prompts: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Command {
     let mut c = common::mla();
     c.arg("generate").arg(run_dir).arg("--prompts").arg(prompts);
     c.args(extra);
@@ -233,27 +249,49 @@ fn cli_generates_from_a_prompts_file_and_names_bad_lines() {
         std::fs::write(&p, text).unwrap();
         p
     };
-    let prompts = ["The king", "", "A much longer prompt about the queen and the night", "Oh"];
+    let prompts = [
+        "The king",
+        "",
+        "A much longer prompt about the queen and the night",
+        "Oh",
+    ];
     let plain = file(
         "p.txt",
         &format!("{}\n{}\n\n{}\n{}\n", prompts[0], "", prompts[2], prompts[3]),
     );
     let greedy = ["--temperature", "0", "--max-new-tokens", "6"];
     // The blank line is skipped: three prompts, on lines 1, 4 and 5.
-    let one = lines(&common::run_ok(generate_cmd(&run_dir, &plain, &[&greedy[..], &["--batch", "1"]].concat())).stdout);
-    let three = common::run_ok(generate_cmd(&run_dir, &plain, &[&greedy[..], &["--batch", "3"]].concat()));
+    let one = lines(
+        &common::run_ok(generate_cmd(
+            &run_dir,
+            &plain,
+            &[&greedy[..], &["--batch", "1"]].concat(),
+        ))
+        .stdout,
+    );
+    let three = common::run_ok(generate_cmd(
+        &run_dir,
+        &plain,
+        &[&greedy[..], &["--batch", "3"]].concat(),
+    ));
     let stats = String::from_utf8_lossy(&three.stderr).to_string();
     let three = lines(&three.stdout);
     assert_eq!(one, three, "batch 1 and batch 3 write the same lines");
     assert_eq!(three.len(), 3);
-    for (row, (line, text)) in three.iter().zip([(1, prompts[0]), (4, prompts[2]), (5, prompts[3])]) {
+    for (row, (line, text)) in three
+        .iter()
+        .zip([(1, prompts[0]), (4, prompts[2]), (5, prompts[3])])
+    {
         assert_eq!(row["line"], line);
         assert_eq!(row["prompt"], text);
         assert!(row["completion"].is_string());
         assert!(row["prompt_tokens"].as_u64().unwrap() >= 2, "{row}");
         let n = row["completion_tokens"].as_u64().unwrap();
         let stop = row["stop"].as_str().unwrap();
-        assert!(n == 6 && stop == "max_new_tokens" || n < 6 && stop == "eos", "{row}");
+        assert!(
+            n == 6 && stop == "max_new_tokens" || n < 6 && stop == "eos",
+            "{row}"
+        );
     }
     assert!(stats.contains("3 prompts | batch 3"), "{stats}");
 
@@ -284,24 +322,40 @@ fn cli_generates_from_a_prompts_file_and_names_bad_lines() {
     };
     let e = fails(&file("empty.txt", "\n  \n"), &greedy);
     assert!(e.contains("empty.txt has no prompts"), "{e}");
-    let e = fails(&file("bad.jsonl", "{\"prompt\": \"a\"}\n{\"prompt\": oops}\n"), &greedy);
+    let e = fails(
+        &file("bad.jsonl", "{\"prompt\": \"a\"}\n{\"prompt\": oops}\n"),
+        &greedy,
+    );
     assert!(e.contains("bad.jsonl line 2: not a JSON object"), "{e}");
     let e = fails(&file("nofield.jsonl", "{\"text\": \"a\"}\n"), &greedy);
-    assert!(e.contains("nofield.jsonl line 1: no string field \"prompt\""), "{e}");
+    assert!(
+        e.contains("nofield.jsonl line 1: no string field \"prompt\""),
+        "{e}"
+    );
     // debug.toml has max_seq_len 64: line 3 is too long with 10 new tokens.
     let long = file(
         "long.txt",
-        &format!("short\nalso short\n{}\n", "The queen waits for the night. ".repeat(20)),
+        &format!(
+            "short\nalso short\n{}\n",
+            "The queen waits for the night. ".repeat(20)
+        ),
     );
     let e = fails(&long, &["--max-new-tokens", "10"]);
     assert!(
         e.contains("long.txt line 3: the prompt (") && e.contains("--truncate"),
         "{e}"
     );
-    let ok = common::run_ok(generate_cmd(&run_dir, &long, &["--max-new-tokens", "10", "--truncate"]));
+    let ok = common::run_ok(generate_cmd(
+        &run_dir,
+        &long,
+        &["--max-new-tokens", "10", "--truncate"],
+    ));
     let rows = lines(&ok.stdout);
     assert_eq!(rows[2]["prompt_tokens"], 54, "64 - 10 tokens kept");
     assert!(rows[2]["truncated_tokens"].as_u64().unwrap() > 0);
     let warn = String::from_utf8_lossy(&ok.stderr);
-    assert!(warn.contains("long.txt line 3: dropped the first"), "{warn}");
+    assert!(
+        warn.contains("long.txt line 3: dropped the first"),
+        "{warn}"
+    );
 }

@@ -56,10 +56,25 @@ fn the_max_batch_fits_the_budget_and_one_more_sequence_does_not() {
         let max = max_batch(budget, CONTEXT, per_token);
         assert!(max >= 1, "{}", arm.name);
         let fits = filled(&arm, max);
-        assert!(fits.bytes_held() <= budget, "{}: {}", arm.name, fits.bytes_held());
-        assert_eq!(fits.bytes_reserved(), fits.bytes_held(), "{}: exact room", arm.name);
+        assert!(
+            fits.bytes_held() <= budget,
+            "{}: {}",
+            arm.name,
+            fits.bytes_held()
+        );
+        assert_eq!(
+            fits.bytes_reserved(),
+            fits.bytes_held(),
+            "{}: exact room",
+            arm.name
+        );
         let over = filled(&arm, max + 1);
-        assert!(over.bytes_held() > budget, "{}: {} more", arm.name, over.bytes_held());
+        assert!(
+            over.bytes_held() > budget,
+            "{}: {} more",
+            arm.name,
+            over.bytes_held()
+        );
     }
     let mha = arms().into_iter().find(|a| a.name == "mha").unwrap();
     let per_token = accounting::kv_cache(&mha.config, mha.mode).bytes_per_token;
@@ -81,18 +96,41 @@ fn opts(budget: usize) -> ThroughputOptions {
 #[test]
 fn the_report_runs_every_arm_to_its_budget_and_writes_its_files() {
     let arms = arms();
-    let r = throughput::run_throughput("tiny", &arms, &opts(40_000), &Device::flex(), "cpu f32", |_| {})
-        .unwrap();
+    let r = throughput::run_throughput(
+        "tiny",
+        &arms,
+        &opts(40_000),
+        &Device::flex(),
+        "cpu f32",
+        |_| {},
+    )
+    .unwrap();
     let names: Vec<&str> = r.arms.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["mla", "mha", "gqa", "mqa"]);
     assert_eq!(r.mha_max_batch, Some(3));
     for a in &r.arms {
         let batches: Vec<usize> = a.points.iter().map(|p| p.batch).collect();
-        assert_eq!(*batches.last().unwrap(), a.max_batch, "{}: ends at its budget", a.name);
-        assert!(batches.windows(2).all(|w| w[0] < w[1]), "{}: {batches:?}", a.name);
-        assert!(a.max_batch < 3 || batches.contains(&3), "{}: MHA's batch measured", a.name);
+        assert_eq!(
+            *batches.last().unwrap(),
+            a.max_batch,
+            "{}: ends at its budget",
+            a.name
+        );
+        assert!(
+            batches.windows(2).all(|w| w[0] < w[1]),
+            "{}: {batches:?}",
+            a.name
+        );
+        assert!(
+            a.max_batch < 3 || batches.contains(&3),
+            "{}: MHA's batch measured",
+            a.name
+        );
         for p in &a.points {
-            assert_eq!(p.cache_bytes_held, a.cache_bytes_per_token * CONTEXT * p.batch);
+            assert_eq!(
+                p.cache_bytes_held,
+                a.cache_bytes_per_token * CONTEXT * p.batch
+            );
             assert!(p.cache_bytes_reserved <= r.budget_bytes);
             assert!(p.tokens_per_s > 0.0);
         }
@@ -101,7 +139,10 @@ fn the_report_runs_every_arm_to_its_budget_and_writes_its_files() {
     let (mha, mla) = (&r.arms[1], &r.arms[0]);
     assert!(mla.max_batch > mha.max_batch);
     let table = r.table();
-    assert!(table.contains("max batch") && table.contains("x MHA"), "{table}");
+    assert!(
+        table.contains("max batch") && table.contains("x MHA"),
+        "{table}"
+    );
     assert!(table.contains("1.00"), "MHA against itself: {table}");
     for a in &r.arms {
         if a.rss_peak_bytes.is_some() {
@@ -111,14 +152,22 @@ fn the_report_runs_every_arm_to_its_budget_and_writes_its_files() {
 
     let dir = tempfile::tempdir().unwrap();
     r.write(dir.path()).unwrap();
-    for f in ["throughput.json", "throughput.md", "throughput.png", "throughput.svg"] {
+    for f in [
+        "throughput.json",
+        "throughput.md",
+        "throughput.png",
+        "throughput.svg",
+    ] {
         let len = std::fs::metadata(dir.path().join(f)).unwrap().len();
         assert!(len > 100, "{f}: {len} bytes");
     }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("throughput.json")).unwrap())
             .unwrap();
-    assert_eq!(json["arms"][0]["model"]["kv_lora_rank"], 16, "each arm's model for the peer");
+    assert_eq!(
+        json["arms"][0]["model"]["kv_lora_rank"], 16,
+        "each arm's model for the peer"
+    );
     let svg = std::fs::read_to_string(dir.path().join("throughput.svg")).unwrap();
     assert!(svg.contains("max batch 3"), "the MHA curve's end is named");
 }
@@ -175,7 +224,10 @@ fn cli_runs_the_throughput_bench_and_refuses_a_tiny_budget() {
         c
     });
     let table = String::from_utf8_lossy(&ok.stdout);
-    assert!(table.contains("mla") && table.contains("mha") && table.contains("max batch"), "{table}");
+    assert!(
+        table.contains("mla") && table.contains("mha") && table.contains("max batch"),
+        "{table}"
+    );
     assert!(out.join("throughput.png").exists());
     // Each arm ran in a process of its own, within its memory limit.
     let json: serde_json::Value =

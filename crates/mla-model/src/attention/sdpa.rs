@@ -353,10 +353,8 @@ mod tests {
             .iter()
             .flat_map(|&l| (0..t_k).map(move |j| j >= l))
             .collect();
-        let mask = Tensor::<4, Bool>::from_data(
-            burn::tensor::TensorData::new(mask, [b, 1, 1, t_k]),
-            &d,
-        );
+        let mask =
+            Tensor::<4, Bool>::from_data(burn::tensor::TensorData::new(mask, [b, 1, 1, t_k]), &d);
         let stale = Tensor::<4>::full([1, 1, 2, 5], 1e30, &d);
         let k = k.slice_assign([0..1, 0..1, 4..6, 0..5], stale);
         let v = v.slice_assign(

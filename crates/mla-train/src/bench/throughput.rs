@@ -35,9 +35,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    Arm, ArmWeights, BenchError, int_tensor, next_tokens, process_cpu_s, random_tokens,
-};
+use super::{Arm, ArmWeights, BenchError, int_tensor, next_tokens, process_cpu_s, random_tokens};
 use crate::config::TrainDType;
 
 /// What peak memory may exceed the budget and the weights by: activations of a decode step
@@ -144,7 +142,9 @@ pub struct ThroughputArm {
 
 impl ThroughputArm {
     pub fn at_max(&self) -> &BatchPoint {
-        self.points.last().expect("the max batch is always measured")
+        self.points
+            .last()
+            .expect("the max batch is always measured")
     }
 
     fn at_batch(&self, batch: usize) -> Option<&BatchPoint> {
@@ -181,7 +181,10 @@ pub fn max_batch(budget: usize, context: usize, bytes_per_token: usize) -> usize
 fn batches_for(max: usize, wanted: Option<&[usize]>, mha_max: Option<usize>) -> Vec<usize> {
     let mut b: Vec<usize> = match wanted {
         Some(w) => w.to_vec(),
-        None => (0..).map(|i| 1usize << i).take_while(|&p| p < max).collect(),
+        None => (0..)
+            .map(|i| 1usize << i)
+            .take_while(|&p| p < max)
+            .collect(),
     };
     b.extend(mha_max);
     b.push(max);
@@ -228,7 +231,11 @@ pub fn cpu_name() -> Option<(String, Vec<String>)> {
     avx512.sort_unstable();
     avx512.dedup();
     let cores = info.lines().filter(|l| l.starts_with("processor")).count();
-    let simd = if avx512.is_empty() { "no AVX-512" } else { "AVX-512" };
+    let simd = if avx512.is_empty() {
+        "no AVX-512"
+    } else {
+        "AVX-512"
+    };
     Some((format!("{name}, {cores} cores, {simd}"), avx512))
 }
 
@@ -287,8 +294,7 @@ pub fn check_budget(
              context - new-tokens prefilled tokens, then the new ones; got {n}"
         )));
     }
-    arms
-        .iter()
+    arms.iter()
         .map(|arm| {
             if t > arm.config.max_seq_len {
                 return Err(BenchError::Invalid(format!(
@@ -593,14 +599,26 @@ impl ThroughputReport {
     pub fn table(&self) -> String {
         let (head, rows) = self.cells();
         let widths: Vec<usize> = (0..head.len())
-            .map(|i| rows.iter().map(|r| r[i].len()).chain([head[i].len()]).max().unwrap_or(0))
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].len())
+                    .chain([head[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let line = |cells: &[String]| {
             cells
                 .iter()
                 .zip(&widths)
                 .enumerate()
-                .map(|(i, (c, w))| if i == 0 { format!("{c:<w$}") } else { format!("{c:>w$}") })
+                .map(|(i, (c, w))| {
+                    if i == 0 {
+                        format!("{c:<w$}")
+                    } else {
+                        format!("{c:>w$}")
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join("  ")
         };
@@ -683,7 +701,9 @@ mod plot {
     }
 
     fn label(text: &str, (x, y): (i32, i32), size: f64, h: HAlign, v: VAlign) -> Label {
-        Label::new(text, (x as f64, y as f64), size).align(h, v).color(INK)
+        Label::new(text, (x as f64, y as f64), size)
+            .align(h, v)
+            .color(INK)
     }
 
     impl figure::Figure for ThroughputFigure<'_> {
@@ -748,7 +768,13 @@ mod plot {
                 let x = (b as f64).log2();
                 lines.push(vec![(x, 0.0), (x, y_top)]);
                 let (px, py) = at(x, 0.0);
-                labels.push(label(&b.to_string(), (px, py + 8), 13.0, HAlign::Center, VAlign::Top));
+                labels.push(label(
+                    &b.to_string(),
+                    (px, py + 8),
+                    13.0,
+                    HAlign::Center,
+                    VAlign::Top,
+                ));
                 b *= 2;
             }
             for &y in &yticks {
@@ -784,8 +810,11 @@ mod plot {
                 // The end of the curve: the budget's batch, marked and named.
                 let &(bx, by) = pts.last().expect("a point");
                 let (px, py) = at(bx, by);
-                root.draw(&Rectangle::new([(px - 6, py - 6), (px + 6, py + 6)], colour.filled()))
-                    .map_err(e)?;
+                root.draw(&Rectangle::new(
+                    [(px - 6, py - 6), (px + 6, py + 6)],
+                    colour.filled(),
+                ))
+                .map_err(e)?;
                 labels.push(label(
                     &format!("{} (max batch {})", a.name, a.max_batch),
                     (px - 10, py - 14),

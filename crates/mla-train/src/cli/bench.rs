@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use mla_model::{ModelConfig, ModelSection};
 use mla_train::bench::throughput::{self, ThroughputOptions};
-use mla_train::bench::{
-    self, Arm, ArmKind, DecodeOptions, arms_from_checkpoint, arms_from_config,
-};
+use mla_train::bench::{self, Arm, ArmKind, DecodeOptions, arms_from_checkpoint, arms_from_config};
 use mla_train::checkpoint::Checkpoint;
 
 #[derive(clap::Args)]
@@ -285,7 +283,11 @@ fn arms_of(
             let base = model_config(Some(p), None, overrides, vocab_size)
                 .with_context(|| format!("reading the model of {}", p.display()))?;
             let arms = arms_from_config(&base, kinds, longest, seed)?;
-            Ok((described(&p.display().to_string(), overrides), arms, base.dtype))
+            Ok((
+                described(&p.display().to_string(), overrides),
+                arms,
+                base.dtype,
+            ))
         }
         (None, Some(name)) => {
             let base = model_config(None, Some(name), overrides, vocab_size)?;
@@ -367,7 +369,10 @@ fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     if report.within_memory() == Some(false) {
         eprintln!("warning: peak memory went above budget + weights + the stated overhead");
     }
-    eprintln!("wrote {}/throughput.{{json,md,png,svg}}", args.out.display());
+    eprintln!(
+        "wrote {}/throughput.{{json,md,png,svg}}",
+        args.out.display()
+    );
     Ok(())
 }
 
@@ -405,7 +410,13 @@ fn arm_in_own_process(
     c.args(["--device", &args.device]);
     c.args(["--only-arm", arm]);
     c.stderr(std::process::Stdio::inherit());
-    let out = c.output().with_context(|| format!("running the {arm} arm"))?;
-    anyhow::ensure!(out.status.success(), "the {arm} arm failed ({})", out.status);
+    let out = c
+        .output()
+        .with_context(|| format!("running the {arm} arm"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the {arm} arm failed ({})",
+        out.status
+    );
     serde_json::from_slice(&out.stdout).with_context(|| format!("reading the {arm} arm's report"))
 }
