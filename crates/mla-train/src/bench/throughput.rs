@@ -159,6 +159,8 @@ pub struct ThroughputReport {
     /// The CPU, from /proc/cpuinfo (model name, cores, AVX-512 or not), when known.
     pub cpu: Option<String>,
     pub cpu_avx512_flags: Vec<String>,
+    /// Threads of the CPU backend's pool (`RAYON_NUM_THREADS`, default one per core).
+    pub threads: usize,
     pub budget_bytes: usize,
     pub context: usize,
     pub new_tokens: usize,
@@ -380,6 +382,7 @@ pub fn run_throughput(
         device: device_name.to_string(),
         cpu,
         cpu_avx512_flags: cpu_avx512_flags.unwrap_or_default(),
+        threads: rayon::current_num_threads(),
         budget_bytes: opts.budget,
         context: t,
         new_tokens: n,
@@ -544,7 +547,7 @@ impl ThroughputReport {
     fn caption(&self) -> String {
         format!(
             "throughput at a KV-cache budget of {} MB, context {} ({} prefilled + {} decoded per \
-             sequence), fastest of {} runs | {} | {}",
+             sequence), fastest of {} runs | {} | {} | {} threads",
             mb(self.budget_bytes),
             self.context,
             self.context - self.new_tokens,
@@ -552,6 +555,7 @@ impl ThroughputReport {
             self.repeats,
             self.device,
             self.cpu.as_deref().unwrap_or("unknown CPU"),
+            self.threads,
         )
     }
 
@@ -730,7 +734,12 @@ mod plot {
                     VAlign::Center,
                 ),
                 label(
-                    &format!("{} | {}", r.device, r.cpu.as_deref().unwrap_or("")),
+                    &format!(
+                        "{} | {} | {} threads",
+                        r.device,
+                        r.cpu.as_deref().unwrap_or(""),
+                        r.threads
+                    ),
                     (WIDTH as i32 / 2, 44),
                     13.0,
                     HAlign::Center,
