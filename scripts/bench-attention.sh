@@ -45,6 +45,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 [[ -f data/shakespeare-bpe/train_000000.bin ]] || { echo "run scripts/train-shakespeare.sh first (data)" >&2; exit 2; }
+[[ -x /usr/bin/time ]] || { echo "bench-attention: needs GNU time for peak memory (apt-get install time)" >&2; exit 2; }
 cargo build --release --workspace --quiet
 if [[ $probe == 0 ]]; then
     # shellcheck disable=SC1091

@@ -3,7 +3,7 @@
 //! Tests check these against the built module and the tensors a cache actually holds, so the
 //! formulas here are the single source of truth for `mla inspect`, `mla compare` and MFU.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{AttentionConfig, ModelConfig};
 
@@ -83,7 +83,7 @@ pub fn param_counts(cfg: &ModelConfig) -> ParamCounts {
 }
 
 /// What a generation cache stores for MLA.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheMode {
     /// MLA: the normed latent plus the shared rotary key per token, decoded with absorbed

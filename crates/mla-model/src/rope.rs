@@ -5,7 +5,7 @@
 //! (RoPE cannot pass through the latent compression); mha/gqa/mqa rotate whole heads.
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::config::{AttentionConfig, ModelConfig, RopeStyle, YarnConfig};
 
@@ -78,6 +78,15 @@ pub fn table_freqs(cfg: &ModelConfig) -> Vec<Vec<f64>> {
     }
 }
 
+/// Where the `t` tokens of each row of a batch sit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Positions {
+    /// Every row at `offset..offset + t` (one sequence, or a batch of equal lengths).
+    From(usize),
+    /// Row `i` at `starts[i]..starts[i] + t` (a batch of sequences of different lengths).
+    Rows(Vec<usize>),
+}
+
 impl Rope {
     pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
         let freqs = table_freqs(cfg);
@@ -112,21 +121,26 @@ impl Rope {
         self.cos.dims()[1]
     }
 
+    /// Rotate `x` at `positions`: one offset for every row, or each row its own.
+    ///
+    /// # Shapes
+    /// - x: `[b, h, t, r]` -> `[b, h, t, r]`
+    pub fn apply_at(&self, x: Tensor<4>, positions: &Positions) -> Tensor<4> {
+        match positions {
+            Positions::From(offset) => self.apply(x, *offset),
+            Positions::Rows(starts) => self.apply_rows(x, starts),
+        }
+    }
+
     /// Rotate `x` as if its tokens sat at positions `offset..offset + t`.
     ///
     /// # Shapes
     /// - x: `[b, h, t, r]` -> `[b, h, t, r]`
     pub fn apply(&self, x: Tensor<4>, offset: usize) -> Tensor<4> {
-        let [b, h, t, r] = x.dims();
-        let half = r / 2;
-        assert!(
-            offset + t <= self.max_positions(),
-            "RoPE tables cover {} positions, asked for {}..{}",
-            self.max_positions(),
-            offset,
-            offset + t
-        );
+        let [_, h, t, _] = x.dims();
+        self.check_range(offset, t);
         let tables = self.cos.dims()[0];
+        let half = self.cos.dims()[2];
         // [tables, t, r/2] -> [1, 1, t, r/2] (broadcast over batch and heads), or per head:
         // [tables, 1, t, r/2] -> [tables, h / tables, t, r/2] -> [1, h, t, r/2], where query
         // head i follows table (key/value head) i / (h / tables); in x's precision
@@ -142,6 +156,66 @@ impl Rope {
             part.cast(x.dtype())
         };
         let (cos, sin) = (table(&self.cos), table(&self.sin));
+        self.rotate(x, cos, sin)
+    }
+
+    /// Rotate `x` whose row `i` holds tokens at positions `starts[i]..starts[i] + t`: a batch
+    /// of sequences of different lengths, each decoding at its own position. The angles are
+    /// the same table entries [`Self::apply`] reads, so a row rotates exactly as it would alone.
+    ///
+    /// # Shapes
+    /// - x: `[b, h, t, r]` -> `[b, h, t, r]`, `starts.len() == b`
+    pub fn apply_rows(&self, x: Tensor<4>, starts: &[usize]) -> Tensor<4> {
+        let [b, h, t, _] = x.dims();
+        assert_eq!(starts.len(), b, "one start position per row");
+        let positions: Vec<i64> = starts
+            .iter()
+            .flat_map(|&s| {
+                self.check_range(s, t);
+                (s..s + t).map(|p| p as i64)
+            })
+            .collect();
+        let device = self.cos.device();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(positions, [b * t]), &device);
+        let tables = self.cos.dims()[0];
+        let half = self.cos.dims()[2];
+        let table = |full: &Tensor<3>| {
+            // [tables, n, r/2] -> [tables, b * t, r/2]
+            let rows = full.clone().select(1, index.clone());
+            let rows = if tables == 1 {
+                rows.reshape([b, 1, t, half])
+            } else {
+                // [tables, b, t, r/2] -> [b, tables, t, r/2] -> [b, tables, h / tables, t, r/2]
+                // -> [b, h, t, r/2]: query head i follows table i / (h / tables)
+                rows.reshape([tables, b, t, half])
+                    .swap_dims(0, 1)
+                    .unsqueeze_dim::<5>(2)
+                    .expand([b, tables, h / tables, t, half])
+                    .reshape([b, h, t, half])
+            };
+            rows.cast(x.dtype())
+        };
+        let (cos, sin) = (table(&self.cos), table(&self.sin));
+        self.rotate(x, cos, sin)
+    }
+
+    fn check_range(&self, offset: usize, t: usize) {
+        assert!(
+            offset + t <= self.max_positions(),
+            "RoPE tables cover {} positions, asked for {}..{}",
+            self.max_positions(),
+            offset,
+            offset + t
+        );
+    }
+
+    /// The rotation itself, given angles broadcastable to `[b, h, t, r/2]`.
+    ///
+    /// # Shapes
+    /// - x: `[b, h, t, r]`, cos/sin: `[1 or b, 1 or h, t, r/2]` -> `[b, h, t, r]`
+    fn rotate(&self, x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+        let [b, h, t, r] = x.dims();
+        let half = r / 2;
         match self.style {
             RopeStyle::Interleaved => {
                 // [b, h, t, r] -> [b, h, t, r/2, 2]: pair i is (x[2i], x[2i+1])
@@ -290,6 +364,35 @@ mod tests {
             let kept = dim / 2 == [2, 5][head];
             let want = if kept { r[i] } else { x[i] };
             assert!((y[i] - want).abs() < 1e-6, "head {head} dim {dim}");
+        }
+    }
+
+    /// Each row rotated at its own start equals that row rotated alone, for one table and for
+    /// per-head tables (partial RoPE), in both styles.
+    #[test]
+    fn per_row_positions_rotate_each_row_as_alone() {
+        let device = Device::flex();
+        for style in ["interleaved", "half"] {
+            let mut c = cfg(style, false);
+            let mut cases = vec![c.clone()];
+            c.partial_rope = Some(crate::config::PartialRope {
+                dim: 16,
+                pairs: vec![2, 5],
+            });
+            cases.push(c);
+            for c in cases {
+                let rope = Rope::new(&c, &device);
+                let x = Tensor::<4>::random([3, 2, 2, 16], Distribution::Normal(0.0, 1.0), &device);
+                let starts = [0, 5, 2];
+                let rows = rope.apply_rows(x.clone(), &starts);
+                for (i, &s) in starts.iter().enumerate() {
+                    let alone = rope.apply(x.clone().slice_dim(0, i..i + 1), s);
+                    rows.clone()
+                        .slice_dim(0, i..i + 1)
+                        .into_data()
+                        .assert_approx_eq::<f32>(&alone.into_data(), Tolerance::absolute(0.0));
+                }
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, RmsNorm};
-use burn::tensor::{DType, Device, Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::accounting::CacheMode;
 use crate::block::Block;
@@ -86,9 +86,58 @@ impl Lm {
         self.head(last).reshape([b, self.config.vocab_size])
     }
 
+    /// Logits at one position per row: row `i` at `last[i]`. For a batch of prompts of
+    /// different lengths padded on the right: the causal mask keeps every real token from
+    /// seeing the padding after it, so row `i`'s logits at its last real token are those of the
+    /// prompt alone. With a cache the tokens follow the cached ones (an ordinary cache, not a
+    /// batched one); without one they are the whole sequences.
+    ///
+    /// # Shapes
+    /// - tokens: `[b, t]`, `last.len() == b` -> `[b, vocab_size]`
+    pub fn forward_at(
+        &self,
+        tokens: Tensor<2, Int>,
+        cache: Option<&mut KvCache>,
+        last: &[usize],
+    ) -> Tensor<2> {
+        let mut x = self.embed_tokens.forward(tokens); // [b, t, d]
+        match cache {
+            Some(cache) => {
+                for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+                    x = layer.forward(x, &self.rope, Some(layer_cache));
+                }
+            }
+            None => {
+                for layer in &self.layers {
+                    x = layer.forward(x, &self.rope, None);
+                }
+            }
+        }
+        let [b, t, d] = x.dims();
+        assert_eq!(last.len(), b, "one position per row");
+        let rows: Vec<i64> = last
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                assert!(p < t, "position {p} of a row of {t} tokens");
+                (i * t + p) as i64
+            })
+            .collect();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), &x.device());
+        // [b, t, d] -> [b * t, d] -> [b, d] -> [b, 1, d]: only the rows the head must see
+        let picked = x.reshape([b * t, d]).select(0, index).reshape([b, 1, d]);
+        self.head(picked).reshape([b, self.config.vocab_size])
+    }
+
     /// An empty generation cache for this model.
     pub fn new_cache(&self, mode: CacheMode) -> KvCache {
         KvCache::new(self.layers.len(), mode)
+    }
+
+    /// An empty batched generation cache: `slots` sequences of their own lengths, room for
+    /// `capacity` tokens each (see [`KvCache::batched`]).
+    pub fn new_batched_cache(&self, mode: CacheMode, slots: usize, capacity: usize) -> KvCache {
+        KvCache::batched(self.layers.len(), mode, slots, capacity)
     }
 
     /// # Shapes

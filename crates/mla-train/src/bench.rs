@@ -13,6 +13,11 @@
 //!
 //! Outputs: a text table, `decode.json`, `decode.md` (the table for a README), and `decode.png`
 //! / `decode.svg` (decode tokens/s and cache MB against context, one colour per arm).
+//!
+//! [`throughput`] is the other benchmark: tokens/s at a fixed KV-cache memory budget, where a
+//! smaller cache means a larger batch.
+
+pub mod throughput;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -50,6 +55,17 @@ pub enum BenchError {
         expected: usize,
         per_token: usize,
         dtype: &'static str,
+    },
+    #[error(
+        "{arm}: a KV-cache budget of {budget} bytes holds no sequence at context {context}: one \
+         needs {needed} bytes ({per_token} bytes per token); raise --kv-budget or lower --context"
+    )]
+    BudgetTooSmall {
+        arm: String,
+        budget: usize,
+        context: usize,
+        per_token: usize,
+        needed: usize,
     },
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),

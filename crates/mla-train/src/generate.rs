@@ -255,6 +255,15 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    /// The name in `mla generate --prompts` output: `max_new_tokens`, `eos`, `context_full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxNewTokens => "max_new_tokens",
+            Self::Eos => "eos",
+            Self::ContextFull => "context_full",
+        }
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Self::MaxNewTokens => "max new tokens reached",

@@ -6,12 +6,12 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
-use super::sdpa::causal_attention;
+use super::sdpa::causal_attention_masked;
 use crate::cache::LayerCache;
 use crate::config::{ModelConfig, StandardAttention};
 use crate::init;
 use crate::linear::linear;
-use crate::rope::Rope;
+use crate::rope::{Positions, Rope};
 
 #[derive(Module, Debug)]
 pub struct MultiHeadAttention {
@@ -60,16 +60,21 @@ impl MultiHeadAttention {
             .reshape([b, t, kv, hd])
             .swap_dims(1, 2);
 
-        let offset = cache.as_ref().map_or(0, |c| c.len());
-        let q = rope.apply(q, offset);
-        let k = rope.apply(k, offset);
-        // With a cache, attend over everything it holds: [b, kv, offset + t, hd]. GQA/MQA K/V
-        // heads are shared by their query heads inside the core, never copied here.
-        let (k, v) = match cache {
-            Some(cache) => cache.append_kv(k, v),
-            None => (k, v),
+        // After the cached tokens; in a batched cache, each row after its own.
+        let positions = cache.as_ref().map_or(Positions::From(0), |c| c.positions());
+        let q = rope.apply_at(q, &positions);
+        let k = rope.apply_at(k, &positions);
+        // With a cache, attend over everything it holds: [b, kv, offset + t, hd], minus the
+        // keys past a shorter row's length in a batched cache. GQA/MQA K/V heads are shared by
+        // their query heads inside the core, never copied here.
+        let (k, v, key_mask) = match cache {
+            Some(cache) => {
+                let (k, v) = cache.append_kv(k, v);
+                (k, v, cache.key_mask())
+            }
+            None => (k, v, None),
         };
-        let out = causal_attention(q, k, v, self.scale); // [b, h, t, hd]
+        let out = causal_attention_masked(q, k, v, self.scale, key_mask); // [b, h, t, hd]
         // [b, h, t, hd] -> [b, t, h * hd]
         linear(&self.o_proj, out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }

@@ -19,13 +19,13 @@ use burn::module::Module;
 use burn::nn::{Linear, RmsNorm};
 use burn::tensor::{Device, Tensor};
 
-use super::sdpa::{causal_attention, last_position_attention};
+use super::sdpa::{causal_attention_masked, last_position_attention_masked};
 use crate::cache::LayerCache;
 use crate::config::{LatentAttention, ModelConfig};
 use crate::fused::rms_norm;
 use crate::init;
 use crate::linear::linear;
-use crate::rope::Rope;
+use crate::rope::{Positions, Rope};
 
 /// Epsilon of `q_a_layernorm` and `kv_a_layernorm`, fixed as in DeepSeek-V2.
 pub const LATENT_NORM_EPS: f64 = 1e-6;
@@ -146,9 +146,10 @@ impl MultiHeadLatentAttention {
         let c_kv = rms_norm(&self.kv_a_layernorm, ckv.clone().slice_dim(2, 0..r)); // [b, t, r]
         let k_pe = ckv.slice_dim(2, r..r + rope_d).reshape([b, 1, t, rope_d]); // [b, 1, t, rope]
 
-        let offset = cache.as_ref().map_or(0, |c| c.len());
-        let q_pe = rope.apply(q_pe, offset);
-        let k_pe = rope.apply(k_pe, offset);
+        // After the cached tokens; in a batched cache, each row after its own.
+        let positions = cache.as_ref().map_or(Positions::From(0), |c| c.positions());
+        let q_pe = rope.apply_at(q_pe, &positions);
+        let k_pe = rope.apply_at(k_pe, &positions);
 
         let out = match cache {
             Some(cache) if cache.is_latent() => {
@@ -206,11 +207,15 @@ impl MultiHeadLatentAttention {
         let k_pe = k_pe.expand([b, h, t_kv, rope_d]);
         let k = Tensor::cat(vec![k_nope, k_pe], 3); // [b, h, T, nope + rope]
         let q = Tensor::cat(vec![q_nope, q_pe], 3); // [b, h, t, nope + rope]
-        let (k, v) = match cache {
-            Some(cache) => cache.append_kv(k, v), // [b, h, offset + T, ..]
-            None => (k, v),
+        let (k, v, key_mask) = match cache {
+            // [b, h, offset + T, ..], and the keys a shorter row of a batched cache must skip
+            Some(cache) => {
+                let (k, v) = cache.append_kv(k, v);
+                (k, v, cache.key_mask())
+            }
+            None => (k, v, None),
         };
-        causal_attention(q, k, v, self.scale)
+        causal_attention_masked(q, k, v, self.scale, key_mask)
     }
 
     /// One decode step over the latent cache with W_UK absorbed into the query and W_UV into
@@ -230,16 +235,37 @@ impl MultiHeadLatentAttention {
         let [b, h, _, _] = q_nope.dims();
         let (r, rope_d) = (self.kv_lora_rank, self.qk_rope_head_dim);
         let Absorbed { w_uk, w_uv } = cache.absorbed(|| self.absorb()).clone();
+        // A batched cache: the latents past a shorter row's length are not its own.
+        let key_mask = cache.key_mask();
 
-        // W_UK into the query: [b, h, 1, nope] @ [1, h, nope, r] -> [b, h, 1, r]
-        let q_latent = q_nope.matmul(w_uk);
+        // W_UK into the query, the batch as rows of one matmul per head (a broadcast over b
+        // would copy W_UK for every sequence): [b, h, 1, nope] -> [1, h, b, nope]
+        // @ [1, h, nope, r] -> [1, h, b, r] -> [b, h, 1, r]
+        let nope = self.qk_nope_head_dim;
+        let q_latent = q_nope
+            .reshape([b, h, nope])
+            .swap_dims(0, 1)
+            .reshape([1, h, b, nope])
+            .matmul(w_uk)
+            .reshape([h, b, r])
+            .swap_dims(0, 1)
+            .reshape([b, h, 1, r]);
         // [b, h, 1, r + rope] -> [b, 1, h, r + rope]: heads folded into query rows
         let q = Tensor::cat(vec![q_latent, q_pe], 3).reshape([b, 1, h, r + rope_d]);
         // The latents are the keys, and their c_kv columns the values (a strided view, no copy).
         let c_kv = latents.clone().slice_dim(3, 0..r); // [b, 1, T, r]
-        let ctx = last_position_attention(q, latents, c_kv, self.scale); // [b, 1, h, r]
-        // W_UV into the output: [b, 1, h, r] -> [b, h, 1, r] @ [1, h, r, v] -> [b, h, 1, v]
-        ctx.reshape([b, h, 1, r]).matmul(w_uv)
+        // [b, 1, h, r]
+        let ctx = last_position_attention_masked(q, latents, c_kv, self.scale, key_mask);
+        // W_UV into the output, again one matmul per head: [b, 1, h, r] -> [1, h, b, r]
+        // @ [1, h, r, v] -> [1, h, b, v] -> [b, h, 1, v]
+        let v_d = self.v_head_dim;
+        ctx.reshape([b, h, r])
+            .swap_dims(0, 1)
+            .reshape([1, h, b, r])
+            .matmul(w_uv)
+            .reshape([h, b, v_d])
+            .swap_dims(0, 1)
+            .reshape([b, h, 1, v_d])
     }
 
     /// Split `kv_b_proj` into per-head W_UK and W_UV, arranged for [`Self::attend_absorbed`].

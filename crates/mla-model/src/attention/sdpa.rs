@@ -59,15 +59,36 @@ pub fn attention_kernel() -> AttentionKernel {
 /// - q: `[b, h, t_q, d_qk]`, k: `[b, h_kv, t_k, d_qk]`, v: `[b, h_kv, t_k, d_v]`
 /// - returns `[b, h, t_q, d_v]`
 pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+    causal_attention_masked(q, k, v, scale, None)
+}
+
+/// [`causal_attention`] for a decode step of a batch whose sequences differ in length:
+/// `key_mask` (`true` = masked) hides the keys past each row's own length.
+///
+/// # Shapes
+/// - q: `[b, h, t_q, d_qk]`, k: `[b, h_kv, t_k, d_qk]`, v: `[b, h_kv, t_k, d_v]`
+/// - key_mask: `[b, 1, 1, t_k]`, only with `t_q == 1`
+/// - returns `[b, h, t_q, d_v]`
+pub fn causal_attention_masked(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f64,
+    key_mask: Option<Tensor<4, Bool>>,
+) -> Tensor<4> {
     let [b, h, t_q, d_qk] = q.dims();
     let [_, h_kv, t_k, _] = k.dims();
     let groups = h / h_kv;
-    if t_q == 1 && t_k > 1 {
+    assert!(
+        key_mask.is_none() || t_q == 1,
+        "a key mask is for decode steps (one query per row)"
+    );
+    if t_q == 1 && (t_k > 1 || key_mask.is_some()) {
         // A decode step: rather than copying each K/V head for its `groups` query heads,
         // fold those heads into query rows. [b, h, 1, d] -> [b, h_kv, groups, d]
         let d_v = v.dims()[3];
         let q = q.reshape([b, h_kv, groups, d_qk]);
-        return last_position_attention(q, k, v, scale).reshape([b, h, 1, d_v]);
+        return last_position_attention_masked(q, k, v, scale, key_mask).reshape([b, h, 1, d_v]);
     }
     match attention_kernel() {
         AttentionKernel::Fused => fused_attention(q, k, v, true, scale),
@@ -155,12 +176,37 @@ fn training_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> T
 /// - q: `[b, n_kv, rows, d_qk]`, k: `[b, n_kv, t_k, d_qk]`, v: `[b, n_kv, t_k, d_v]`
 /// - returns `[b, n_kv, rows, d_v]`
 pub fn last_position_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+    last_position_attention_masked(q, k, v, scale, None)
+}
+
+/// [`last_position_attention`] where `key_mask` (`true` = masked) hides each row's keys past
+/// its own length, in a batch of sequences of different lengths. The masked scores are
+/// replaced by -inf (not offset: a stale key may hold anything finite), so they weigh 0.
+///
+/// # Shapes
+/// - q: `[b, n_kv, rows, d_qk]`, k: `[b, n_kv, t_k, d_qk]`, v: `[b, n_kv, t_k, d_v]`
+/// - key_mask: `[b, 1, 1, t_k]`
+/// - returns `[b, n_kv, rows, d_v]`
+pub fn last_position_attention_masked(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f64,
+    key_mask: Option<Tensor<4, Bool>>,
+) -> Tensor<4> {
     let dtype = v.dtype();
     // [b, n_kv, rows, d_qk] @ [b, n_kv, d_qk, t_k] -> [b, n_kv, rows, t_k]
     let scores = q
         .matmul(k.swap_dims(2, 3))
         .cast(DType::F32)
         .mul_scalar(scale);
+    let scores = match key_mask {
+        Some(mask) => {
+            let shape = scores.dims();
+            scores.mask_fill(mask.expand(shape), f32::NEG_INFINITY)
+        }
+        None => scores,
+    };
     softmax(scores, 3).cast(dtype).matmul(v)
 }
 
@@ -289,6 +335,42 @@ mod tests {
                     .fold(0.0, f32::max);
                 assert!(worst <= 2e-5 * scale, "{name}: off by {worst} ({case})");
             }
+        }
+    }
+
+    /// A masked key weighs nothing, whatever it holds: a row of a batch attending over a view
+    /// longer than its own keys equals that row alone over its own keys.
+    #[test]
+    fn masked_keys_are_ignored_even_when_huge() {
+        let d = dev();
+        let (b, g, t_k) = (2, 3, 6);
+        let k = normal([b, 1, t_k, 5], &d);
+        let v = normal([b, 1, t_k, 4], &d);
+        let q = normal([b, g, 1, 5], &d);
+        // Row 0 has 4 keys, row 1 all 6; row 0's stale keys and values are made huge.
+        let lens = [4usize, 6];
+        let mask: Vec<bool> = lens
+            .iter()
+            .flat_map(|&l| (0..t_k).map(move |j| j >= l))
+            .collect();
+        let mask =
+            Tensor::<4, Bool>::from_data(burn::tensor::TensorData::new(mask, [b, 1, 1, t_k]), &d);
+        let stale = Tensor::<4>::full([1, 1, 2, 5], 1e30, &d);
+        let k = k.slice_assign([0..1, 0..1, 4..6, 0..5], stale);
+        let v = v.slice_assign(
+            [0..1, 0..1, 4..6, 0..4],
+            Tensor::<4>::full([1, 1, 2, 4], -1e30, &d),
+        );
+        let got = causal_attention_masked(q.clone(), k.clone(), v.clone(), 0.5, Some(mask));
+        for (i, &l) in lens.iter().enumerate() {
+            let row = |x: &Tensor<4>| x.clone().slice_dim(0, i..i + 1);
+            let alone = causal_attention(
+                row(&q),
+                row(&k).slice_dim(2, 0..l),
+                row(&v).slice_dim(2, 0..l),
+                0.5,
+            );
+            close(row(&got), alone, 1e-5);
         }
     }
 
