@@ -119,7 +119,8 @@ mla_run() {
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
 a, b = rows[0], rows[-1]   # step 1 (the warm-up) to the last
-print(f'{(b["tokens"] - a["tokens"]) / (b["elapsed_s"] - a["elapsed_s"]):.0f}')
+dt = b["elapsed_s"] - a["elapsed_s"]
+print(f'{(b["tokens"] - a["tokens"]) / dt:.0f}' if dt > 0 else "-")   # one step (--probe): no rate
 PY
 )"
     echo "$tps $peak"
@@ -130,7 +131,7 @@ pytorch_run() {
     local peak
     peak="$(peak_of sh -c "$py scripts/reference/bench_train.py '$cfg' --steps $((steps - 1)) --warmup 1 > '$out'")"
     if [[ "$peak" == failed ]]; then echo "- failed"; return; fi
-    echo "$(python3 -c 'import json,sys; print(f"{json.load(open(sys.argv[1]))["tokens_per_s"]:.0f}")' "$out") $peak"
+    echo "$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["tokens_per_s"]))' "$out") $peak"
 }
 
 IFS=, read -r -a seq_list <<<"$seqs"

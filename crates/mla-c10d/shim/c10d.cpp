@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef MLA_C10D_CUDA
@@ -72,8 +73,9 @@ int mla_c10d_has_backend(const char* backend) {
   return 0;
 }
 
-int mla_pg_new(const char* backend, const char* host, uint16_t port, int is_server, int rank,
-               int world, int64_t timeout_ms, mla_pg** out, char** err) {
+int mla_pg_new(const char* backend, const char* host, uint16_t port, int is_server,
+               const char* prefix, int rank, int world, int64_t timeout_ms, mla_pg** out,
+               char** err) {
   return guarded(err, [&] {
     const std::chrono::milliseconds timeout(timeout_ms);
     c10d::TCPStoreOptions opts;
@@ -81,7 +83,11 @@ int mla_pg_new(const char* backend, const char* host, uint16_t port, int is_serv
     opts.isServer = is_server != 0;
     opts.numWorkers = static_cast<std::size_t>(world);
     opts.timeout = timeout;
-    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    c10::intrusive_ptr<c10d::Store> store =
+        c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    if (prefix != nullptr && *prefix) {
+      store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), store);
+    }
 
     std::string name(backend);
     c10::intrusive_ptr<c10d::Backend> pg;

@@ -14,9 +14,11 @@ typedef struct mla_pg mla_pg;
 // libtorch with NCCL's headers.
 int mla_c10d_has_backend(const char* backend);
 
-// Connect to (or, with is_server, host) the TCPStore at host:port and create the process group.
-int mla_pg_new(const char* backend, const char* host, uint16_t port, int is_server, int rank,
-               int world, int64_t timeout_ms, mla_pg** out, char** err);
+// Connect to (or, with is_server, host) the TCPStore at host:port and create the process group,
+// its keys under `prefix` (so that a restarted group does not read a dead one's addresses).
+int mla_pg_new(const char* backend, const char* host, uint16_t port, int is_server,
+               const char* prefix, int rank, int world, int64_t timeout_ms, mla_pg** out,
+               char** err);
 // In place, summed over the ranks.
 int mla_pg_allreduce_sum(mla_pg* pg, void* tensor, char** err);
 // In place, from rank `root`.

@@ -30,6 +30,7 @@ mod ffi {
             host: *const c_char,
             port: u16,
             is_server: c_int,
+            prefix: *const c_char,
             rank: c_int,
             world: c_int,
             timeout_ms: i64,
@@ -109,6 +110,9 @@ pub struct Rendezvous {
     pub host: String,
     pub port: u16,
     pub host_store: bool,
+    /// The group's keys in the store live under it: a group restarted on the same store (a
+    /// torchrun restart) must not read the keys of the one before.
+    pub prefix: String,
     pub rank: usize,
     pub world: usize,
     /// For the rendezvous and for every collective.
@@ -153,6 +157,8 @@ impl ProcessGroup {
         let name = CString::new(backend.name()).expect("no NUL");
         let host = CString::new(rdv.host.as_str())
             .map_err(|_| C10dError::BadArgument(format!("host {:?} holds a NUL", rdv.host)))?;
+        let prefix = CString::new(rdv.prefix.as_str())
+            .map_err(|_| C10dError::BadArgument(format!("prefix {:?} holds a NUL", rdv.prefix)))?;
         let mut raw = std::ptr::null_mut();
         let mut err = std::ptr::null_mut();
         // SAFETY: the strings outlive the call; `raw` and `err` are valid out-pointers.
@@ -162,6 +168,7 @@ impl ProcessGroup {
                 host.as_ptr(),
                 rdv.port,
                 c_int::from(rdv.host_store),
+                prefix.as_ptr(),
                 rdv.rank as c_int,
                 rdv.world as c_int,
                 rdv.timeout.as_millis().min(i64::MAX as u128) as i64,
@@ -308,6 +315,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             host_store: rank == 0,
+            prefix: "test/".into(),
             rank,
             world,
             timeout: Duration::from_secs(30),

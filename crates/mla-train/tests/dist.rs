@@ -344,6 +344,52 @@ fn sigterm_to_one_rank_stops_all_with_a_checkpoint() {
     assert_eq!(train_losses(&cut), train_losses(&whole));
 }
 
+/// `torchrun --max-restarts 1` with `--resume auto`: a rank killed mid-run makes torchrun
+/// restart the group (on its c10d rendezvous, whose store outlives the first attempt), which
+/// continues from the last complete checkpoint without any change to the command, and ends
+/// with the losses of an uninterrupted run.
+#[test]
+fn a_restarted_group_resumes_by_itself() {
+    let data = data();
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    run_ok(single(&data, &whole, &[]));
+    let run = tmp.path().join("restarted");
+    let mut c = Command::new(torchrun_bin());
+    c.args([
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        &format!("127.0.0.1:{}", free_port()),
+        "--max-restarts",
+        "1",
+        "--no-python",
+    ])
+    .arg(env!("CARGO_BIN_EXE_mla"))
+    .args(train_args(&data, &run, &["--resume", "auto"]));
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ranks = workers(child.id());
+    wait_for_step(&mut child, &run, 6);
+    kill("-KILL", ranks[1].1);
+    let out = wait_within(
+        child,
+        Duration::from_secs(180),
+        "torchrun restarting the group",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("resuming from"), "{err}");
+    assert_eq!(train_losses(&run), train_losses(&whole));
+}
+
 /// Ranks started with different configs refuse to train, before anything is written.
 #[test]
 fn ranks_with_different_configs_refuse_to_start() {

@@ -55,6 +55,8 @@ pub struct Launch {
     /// `TORCHELASTIC_USE_AGENT_STORE=True`: torchrun's agent hosts the TCPStore and every rank
     /// is a client; otherwise rank 0 hosts it.
     pub agent_store: bool,
+    /// `TORCHELASTIC_RESTART_COUNT`: how often torchrun has restarted the group (0 at first).
+    pub restart: usize,
 }
 
 impl Launch {
@@ -102,6 +104,7 @@ impl Launch {
             master_addr,
             master_port,
             agent_store: get("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True"),
+            restart: num("TORCHELASTIC_RESTART_COUNT")?.unwrap_or(0),
         }))
     }
 
@@ -425,6 +428,9 @@ mod group {
                 host: launch.master_addr.clone(),
                 port: launch.master_port,
                 host_store: !launch.agent_store && launch.rank == 0,
+                // torchrun's agent keeps its store across restarts: each attempt's group keys
+                // its addresses apart, as torch.distributed does.
+                prefix: format!("mla/attempt_{}/", launch.restart),
                 rank: launch.rank,
                 world: launch.world,
                 timeout,
@@ -545,6 +551,10 @@ mod tests {
             ("127.0.0.1", 29500)
         );
         assert!(l.agent_store);
+        assert_eq!(l.restart, 0);
+        let mut restarted = TORCHRUN.to_vec();
+        restarted.push(("TORCHELASTIC_RESTART_COUNT", "2"));
+        assert_eq!(launch(&restarted).unwrap().unwrap().restart, 2);
         let plain = launch(&TORCHRUN[..5]).unwrap().unwrap();
         assert!(
             !plain.agent_store,
