@@ -591,81 +591,115 @@ impl DecodeReport {
     /// A plain-text table for the terminal.
     pub fn table(&self) -> String {
         let (head, rows) = self.cells();
-        let widths: Vec<usize> = (0..head.len())
-            .map(|i| {
-                rows.iter()
-                    .map(|r| r[i].len())
-                    .chain([head[i].len()])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |cells: &[String]| {
-            cells
-                .iter()
-                .zip(&widths)
-                .enumerate()
-                .map(|(i, (c, w))| {
-                    if i == 0 {
-                        format!("{c:<w$}")
-                    } else {
-                        format!("{c:>w$}")
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("  ")
-        };
-        let mut out = format!(
+        format!(
             "decode benchmark: {} | device {} | batch {} | {} decode tokens after a prefill of \
-             `context` tokens, fastest of {} runs\n",
-            self.source, self.device, self.batch, self.decode_tokens, self.repeats
-        );
-        out.push_str(&line(&head));
-        out.push('\n');
-        for r in &rows {
-            out.push_str(&line(r));
-            out.push('\n');
-        }
-        out
+             `context` tokens, fastest of {} runs\n{}",
+            self.source,
+            self.device,
+            self.batch,
+            self.decode_tokens,
+            self.repeats,
+            text_table(&head, &rows)
+        )
     }
 
     /// The table in Markdown.
     pub fn markdown(&self) -> String {
         let (head, rows) = self.cells();
-        let mut out = format!("| {} |\n", head.join(" | "));
-        out.push_str(&format!(
-            "|{}\n",
-            (0..head.len())
-                .map(|i| if i == 0 { "---|" } else { "---:|" })
-                .collect::<String>()
-        ));
-        for r in rows {
-            out.push_str(&format!("| {} |\n", r.join(" | ")));
-        }
-        out
+        markdown_table(&head, &rows)
     }
 
     /// Write `decode.json`, `decode.md`, `decode.png` and `decode.svg` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<(), BenchError> {
-        let werr = |path: &Path| {
-            let path = path.to_path_buf();
-            move |e: std::io::Error| BenchError::Write {
-                path,
-                message: e.to_string(),
-            }
-        };
-        std::fs::create_dir_all(dir).map_err(werr(dir))?;
-        let json = dir.join("decode.json");
-        let text_json = serde_json::to_string_pretty(self).expect("report serialises");
-        std::fs::write(&json, text_json + "\n").map_err(werr(&json))?;
-        let md = dir.join("decode.md");
-        std::fs::write(&md, self.markdown()).map_err(werr(&md))?;
-        let (png, svg) = (dir.join("decode.png"), dir.join("decode.svg"));
-        crate::figure::write(&plot::DecodeFigure(self), &png, &svg).map_err(|e| BenchError::Write {
-            path: e.path,
-            message: e.message,
-        })
+        write_report(
+            dir,
+            "decode",
+            self,
+            &self.markdown(),
+            &plot::DecodeFigure(self),
+        )
     }
+}
+
+/// Rows under a header, columns padded to their widest cell: the first left-aligned, the
+/// others right-aligned; one line each.
+pub(crate) fn text_table(head: &[String], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..head.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([head[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i == 0 {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    let mut out = String::new();
+    for cells in std::iter::once(head).chain(rows.iter().map(Vec::as_slice)) {
+        out.push_str(&line(cells));
+        out.push('\n');
+    }
+    out
+}
+
+/// The same table in Markdown, numeric columns right-aligned.
+pub(crate) fn markdown_table(head: &[String], rows: &[Vec<String>]) -> String {
+    let mut out = format!("| {} |\n", head.join(" | "));
+    out.push_str(&format!(
+        "|{}\n",
+        (0..head.len())
+            .map(|i| if i == 0 { "---|" } else { "---:|" })
+            .collect::<String>()
+    ));
+    for r in rows {
+        out.push_str(&format!("| {} |\n", r.join(" | ")));
+    }
+    out
+}
+
+/// Writes a report's `<stem>.json`, `<stem>.md`, `<stem>.png` and `<stem>.svg` into `dir`.
+pub(crate) fn write_report(
+    dir: &Path,
+    stem: &str,
+    report: &impl Serialize,
+    markdown: &str,
+    figure: &impl crate::figure::Figure,
+) -> Result<(), BenchError> {
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: std::io::Error| BenchError::Write {
+            path,
+            message: e.to_string(),
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(werr(dir))?;
+    let json = dir.join(format!("{stem}.json"));
+    let text = serde_json::to_string_pretty(report).expect("report serialises");
+    std::fs::write(&json, text + "\n").map_err(werr(&json))?;
+    let md = dir.join(format!("{stem}.md"));
+    std::fs::write(&md, markdown).map_err(werr(&md))?;
+    let (png, svg) = (
+        dir.join(format!("{stem}.png")),
+        dir.join(format!("{stem}.svg")),
+    );
+    crate::figure::write(figure, &png, &svg).map_err(|e| BenchError::Write {
+        path: e.path,
+        message: e.message,
+    })
 }
 
 /// The figure: two panels sharing a log2 context axis.

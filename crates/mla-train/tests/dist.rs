@@ -14,11 +14,16 @@ use std::time::{Duration, Instant};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
-use common::{Data, data, debug_config, metrics, mla, repo_root, run_ok, train_losses};
+use common::{
+    Data, data, debug_config, latest_checkpoint_step, metrics, mla, repo_root, run_ok,
+    train_losses, wait_for_step,
+};
 use mla_train::RunConfig;
 use mla_train::checkpoint::Checkpoint;
 
 const STEPS: &str = "train.max_steps=16";
+/// How long a test waits for a run to reach a step (two processes share the cores).
+const STEP_WAIT: Duration = Duration::from_secs(180);
 
 fn torchrun_bin() -> PathBuf {
     std::env::var_os("MLA_TORCHRUN")
@@ -102,28 +107,6 @@ fn by_hand(data: &Data, run_dir: &Path, rank: usize, port: u16, extra: &[&str]) 
     c
 }
 
-fn wait_for_step(child: &mut Child, run_dir: &Path, step: u64) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while Instant::now() < deadline {
-        let reached = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-            .map(|t| {
-                t.lines()
-                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                    .any(|r| r.get("loss").is_some() && r["step"].as_u64() >= Some(step))
-            })
-            .unwrap_or(false);
-        if reached {
-            return;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before step {step}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting for step {step}");
-}
-
 /// Waits for a child at most `limit`; kills it and fails the test if it is still running.
 fn wait_within(mut child: Child, limit: Duration, what: &str) -> Output {
     let deadline = Instant::now() + limit;
@@ -175,14 +158,6 @@ fn kill(signal: &str, pid: u32) {
             .unwrap()
             .success()
     );
-}
-
-fn latest_step(run_dir: &Path) -> u64 {
-    mla_train::checkpoint::latest(&run_dir.join("checkpoints"))
-        .unwrap()
-        .unwrap()
-        .state
-        .step
 }
 
 /// Every weight of the run's latest checkpoint, as exact bits.
@@ -276,7 +251,7 @@ fn a_killed_rank_stops_the_other_and_any_world_size_resumes() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_step(&mut rank0, &cut, 6);
+    wait_for_step(&mut rank0, &cut, 6, STEP_WAIT);
     rank1.kill().unwrap(); // SIGKILL
     rank1.wait().unwrap();
     let out = wait_within(rank0, Duration::from_secs(60), "rank 0 after its peer died");
@@ -287,7 +262,7 @@ fn a_killed_rank_stops_the_other_and_any_world_size_resumes() {
         last.starts_with("error: rank 0: ") && last.contains("failed"),
         "{err}"
     );
-    let saved = latest_step(&cut);
+    let saved = latest_checkpoint_step(&cut);
     assert!((4..16).contains(&saved), "checkpoint at step {saved}");
 
     // Copy the cut run, to resume it once per world size.
@@ -323,7 +298,7 @@ fn sigterm_to_one_rank_stops_all_with_a_checkpoint() {
         .spawn()
         .unwrap();
     let ranks = workers(run.id());
-    wait_for_step(&mut run, &cut, 5);
+    wait_for_step(&mut run, &cut, 5, STEP_WAIT);
     kill("-TERM", ranks[1].1);
     let out = wait_within(run, Duration::from_secs(120), "torchrun after SIGTERM");
     assert!(!out.status.success(), "torchrun reports the stop");
@@ -333,7 +308,7 @@ fn sigterm_to_one_rank_stops_all_with_a_checkpoint() {
         err.contains("stopped by another rank's stop request at step"),
         "{err}"
     );
-    let saved = latest_step(&cut);
+    let saved = latest_checkpoint_step(&cut);
     assert_eq!(
         saved,
         train_losses(&cut).last().unwrap().0,
@@ -377,7 +352,7 @@ fn a_restarted_group_resumes_by_itself() {
         .spawn()
         .unwrap();
     let ranks = workers(child.id());
-    wait_for_step(&mut child, &run, 6);
+    wait_for_step(&mut child, &run, 6, STEP_WAIT);
     kill("-KILL", ranks[1].1);
     let out = wait_within(
         child,

@@ -5,45 +5,16 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{data, metrics, mla, run_ok, train_cmd, train_losses};
+use common::{
+    data, latest_checkpoint_step, metrics, mla, run_ok, train_cmd, train_losses, wait_for_step,
+};
 use mla_train::RunConfig;
 
-/// Wait until the run has logged a train line at `step` or later.
-fn wait_for_step(child: &mut Child, run_dir: &Path, step: u64) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let reached = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-            .map(|t| {
-                t.lines()
-                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                    .any(|r| r.get("loss").is_some() && r["step"].as_u64() >= Some(step))
-            })
-            .unwrap_or(false);
-        if reached {
-            return;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before step {step}"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for step {step}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn latest_checkpoint_step(run_dir: &Path) -> u64 {
-    mla_train::checkpoint::latest(&run_dir.join("checkpoints"))
-        .unwrap()
-        .unwrap()
-        .state
-        .step
-}
+/// How long a test waits for a run to reach a step.
+const STEP_WAIT: Duration = Duration::from_secs(120);
 
 fn val_losses(run_dir: &Path) -> Vec<(u64, u32)> {
     metrics(run_dir)
@@ -175,7 +146,7 @@ fn resume_after_sigkill_is_bit_exact() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_step(&mut child, &cut, 14);
+    wait_for_step(&mut child, &cut, 14, STEP_WAIT);
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
     assert!(!status.success(), "the run was not killed");
@@ -216,7 +187,7 @@ fn sigint_and_sigterm_checkpoint_and_resume_continues() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        wait_for_step(&mut child, &cut, 6);
+        wait_for_step(&mut child, &cut, 6, STEP_WAIT);
         let sent = Command::new("kill")
             .args([signal, &child.id().to_string()])
             .status()
@@ -266,7 +237,7 @@ fn resume_auto_starts_or_continues() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_step(&mut child, &run, 4);
+    wait_for_step(&mut child, &run, 4, STEP_WAIT);
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -294,7 +265,7 @@ fn a_second_writer_on_a_live_run_is_refused() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_step(&mut first, &run, 2);
+    wait_for_step(&mut first, &run, 2, STEP_WAIT);
     let config_before = std::fs::read(run.join("config.toml")).unwrap();
     for resume in [None, Some("auto")] {
         let mut second = train_cmd(&data, &run, &sets);

@@ -602,86 +602,36 @@ impl ThroughputReport {
     /// A plain-text table for the terminal.
     pub fn table(&self) -> String {
         let (head, rows) = self.cells();
-        let widths: Vec<usize> = (0..head.len())
-            .map(|i| {
-                rows.iter()
-                    .map(|r| r[i].len())
-                    .chain([head[i].len()])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |cells: &[String]| {
-            cells
-                .iter()
-                .zip(&widths)
-                .enumerate()
-                .map(|(i, (c, w))| {
-                    if i == 0 {
-                        format!("{c:<w$}")
-                    } else {
-                        format!("{c:>w$}")
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("  ")
-        };
-        let mut out = format!("{}\n{}\n", self.caption(), self.source);
-        out.push_str(&line(&head));
-        out.push('\n');
-        for r in &rows {
-            out.push_str(&line(r));
-            out.push('\n');
-        }
-        out.push_str(&self.memory_line());
-        out.push('\n');
-        out
+        format!(
+            "{}\n{}\n{}{}\n",
+            self.caption(),
+            self.source,
+            super::text_table(&head, &rows),
+            self.memory_line()
+        )
     }
 
     /// The table in Markdown, with the caption and the memory check under it.
     pub fn markdown(&self) -> String {
         let (head, rows) = self.cells();
-        let mut out = format!("| {} |\n", head.join(" | "));
-        out.push_str(&format!(
-            "|{}\n",
-            (0..head.len())
-                .map(|i| if i == 0 { "---|" } else { "---:|" })
-                .collect::<String>()
-        ));
-        for r in rows {
-            out.push_str(&format!("| {} |\n", r.join(" | ")));
-        }
-        out.push_str(&format!(
-            "\n{} ({}). {}.\n",
+        format!(
+            "{}\n{} ({}). {}.\n",
+            super::markdown_table(&head, &rows),
             self.caption(),
             self.source,
             self.memory_line()
-        ));
-        out
+        )
     }
 
     /// Write `throughput.json`, `.md`, `.png` and `.svg` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<(), BenchError> {
-        let werr = |path: &Path| {
-            let path = path.to_path_buf();
-            move |e: std::io::Error| BenchError::Write {
-                path,
-                message: e.to_string(),
-            }
-        };
-        std::fs::create_dir_all(dir).map_err(werr(dir))?;
-        let json = dir.join("throughput.json");
-        let text = serde_json::to_string_pretty(self).expect("report serialises");
-        std::fs::write(&json, text + "\n").map_err(werr(&json))?;
-        let md = dir.join("throughput.md");
-        std::fs::write(&md, self.markdown()).map_err(werr(&md))?;
-        let (png, svg) = (dir.join("throughput.png"), dir.join("throughput.svg"));
-        crate::figure::write(&plot::ThroughputFigure(self), &png, &svg).map_err(|e| {
-            BenchError::Write {
-                path: e.path,
-                message: e.message,
-            }
-        })
+        super::write_report(
+            dir,
+            "throughput",
+            self,
+            &self.markdown(),
+            &plot::ThroughputFigure(self),
+        )
     }
 }
 

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 use mla_data::{PrepareOptions, Tokenizer, TrainOptions, prepare};
 
@@ -186,4 +187,40 @@ pub fn train_losses(run_dir: &Path) -> Vec<(u64, u32)> {
             )
         })
         .collect()
+}
+
+/// Waits until the run has logged a train line at `step` or later; fails if the process ends
+/// first or `limit` passes.
+pub fn wait_for_step(child: &mut Child, run_dir: &Path, step: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let reached = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .any(|r| r.get("loss").is_some() && r["step"].as_u64() >= Some(step))
+            })
+            .unwrap_or(false);
+        if reached {
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before step {step}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for step {step}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The step of the run directory's latest valid checkpoint.
+pub fn latest_checkpoint_step(run_dir: &Path) -> u64 {
+    mla_train::checkpoint::latest(&run_dir.join("checkpoints"))
+        .unwrap()
+        .unwrap()
+        .state
+        .step
 }
