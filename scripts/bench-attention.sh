@@ -54,8 +54,8 @@ if [[ $probe == 0 ]]; then
     cargo build --release -p mla-model -p mla-train --features mla-train/tch --target-dir target-tch --quiet
 fi
 
-cpu="$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
-if grep -q avx512f /proc/cpuinfo; then simd=AVX-512; elif grep -q avx2 /proc/cpuinfo; then simd=AVX2; else simd=SSE; fi
+# shellcheck source=scripts/lib/cpu.sh
+source scripts/lib/cpu.sh
 
 # The Shakespeare recipes' model sizes (configs/shakespeare-{mla,mha}.toml).
 model_mla='attention = "mla"
@@ -140,7 +140,7 @@ if [[ $probe == 1 ]]; then
     mem_kb="$(sed -n 's/^MemTotal:\s*\([0-9]*\) kB/\1/p' /proc/meminfo)"
     limit="${MLA_PROBE_LIMIT_GB:-$(awk -v m="$mem_kb" 'BEGIN { printf "%.1f", 0.8 * m / 1048576 }')}"
     echo "peak memory of one training step at batch $batch (flex), by context; limit $limit GB"
-    echo "CPU: $cpu ($simd, $(nproc) cores), $(awk -v m="$mem_kb" 'BEGIN { printf "%.1f", m / 1048576 }') GiB"
+    echo "CPU: $cpu_model ($cpu_simd, $(nproc) cores), $(awk -v m="$mem_kb" 'BEGIN { printf "%.1f", m / 1048576 }') GiB"
     echo "| arm | context | explicit peak GB | fused peak GB |"
     echo "|---|---:|---:|---:|"
     for arm in mla mha; do
@@ -172,7 +172,7 @@ PY
 fi
 
 echo "training steps of $tokens tokens ($steps steps, tokens/s after the first), 2 threads each"
-echo "CPU: $cpu ($simd, $(nproc) cores); torch $($py -c 'import torch; print(torch.__version__)')"
+echo "CPU: $cpu_model ($cpu_simd, $(nproc) cores); torch $($py -c 'import torch; print(torch.__version__)')"
 echo "| arm | context | batch | PyTorch SDPA tok/s | GB | flex explicit tok/s | GB | flex fused tok/s | GB | tch fused tok/s | GB | fused / PyTorch (flex, tch) |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 for seq in "${seq_list[@]}"; do

@@ -52,8 +52,9 @@ if [[ $gpus -gt 0 ]]; then
 else
     n=2
     device=tch-cpu
-    machine="$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), $(nproc) cores"
-    if grep -q avx512f /proc/cpuinfo; then machine+=", AVX-512"; else machine+=", AVX2"; fi
+    # shellcheck source=scripts/lib/cpu.sh
+    source scripts/lib/cpu.sh
+    machine="$cpu_model, $(nproc) cores, $cpu_simd"
 fi
 if [[ -z "$config" ]]; then
     [[ -f data/shakespeare-bpe/train_000000.bin ]] || { echo "run scripts/train-shakespeare.sh first (data)" >&2; exit 2; }

@@ -52,7 +52,9 @@ bytes_per_token() { # TOKENIZER
         grep -o '[0-9.]* bytes/token' | cut -d' ' -f1
 }
 
-cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+# shellcheck source=scripts/lib/cpu.sh
+source "$ROOT/scripts/lib/cpu.sh"
+cpu="$cpu_model ($cpu_simd)"
 echo "machine: $(nproc) cores ($cpu), $RUNS runs per row"
 echo "corpus: $BYTES bytes in $(ls data/shakespeare/*.txt data/gutenberg/*.txt | wc -l) files"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"

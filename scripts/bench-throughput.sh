@@ -46,8 +46,9 @@ while [[ $# -gt 0 ]]; do
 done
 python="${PYTHON:-.venv/bin/python}"
 [[ -x target/release/mla ]] || cargo build --release --workspace
-grep -m1 'model name' /proc/cpuinfo || true
-echo "AVX-512: $(grep -o 'avx512[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+# shellcheck source=scripts/lib/cpu.sh
+source scripts/lib/cpu.sh
+echo "CPU: $cpu_model ($cpu_simd: $(grep -o 'avx512[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' '))"
 echo "cores: $(nproc) | threads: $threads | load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 RAYON_NUM_THREADS="$threads" target/release/mla bench throughput "${source[@]}" --kv-budget "$budget" --context "$context" \
     --new-tokens "$new_tokens" --attn "$attn" --repeat "$repeat" --out "$out" "${extra[@]}"

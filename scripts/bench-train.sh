@@ -9,9 +9,11 @@
 #
 # --avx2 reproduces an AVX2-only CPU on an AVX-512 one: `mla` on flex is built without its
 # AVX-512 kernels (`--no-default-features`, target-avx2/) and torch is told to use AVX2 only
-# (ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2, ONEDNN_MAX_CPU_ISA=AVX2). What it
-# does not reproduce: burn-flex's elementwise kernels (macerator) still pick AVX-512 at run
-# time, and the CPU's caches and clocks are those of the AVX-512 part.
+# (ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2, ONEDNN_MAX_CPU_ISA=AVX2; for
+# torch.compile, whose code dies with SIGBUS under ATEN_CPU_CAPABILITY=avx2 in torch 2.9.0,
+# inductor's simdlen 256 instead). What it does not reproduce: burn-flex's elementwise kernels
+# (macerator) still pick AVX-512 at run time, and the CPU's caches, clocks and memory are
+# those of the AVX-512 part.
 #
 # Needs: data/shakespeare-bpe shards (scripts/train-shakespeare.sh makes them), .venv with torch
 # (scripts/setup-libtorch.sh --cpu), target/release/mla and target-tch/release/mla (built here
@@ -33,10 +35,12 @@ trap 'rm -rf "$work"' EXIT
 
 [[ -f data/shakespeare-bpe/train_000000.bin ]] || { echo "run scripts/train-shakespeare.sh first (data)" >&2; exit 2; }
 flex=target/release/mla
+compile=("$py" scripts/reference/bench_train.py)
 if [[ $avx2 == 1 ]]; then
     cargo build --release --workspace --no-default-features --target-dir target-avx2 --quiet
     flex=target-avx2/release/mla
     export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
+    compile=(env -u ATEN_CPU_CAPABILITY "$py" scripts/reference/bench_train.py --simdlen 256)
 else
     cargo build --release --workspace --quiet
 fi
@@ -44,8 +48,9 @@ fi
 source .venv/libtorch.env
 unset LD_LIBRARY_PATH
 cargo build --release -p mla-model -p mla-train --features mla-train/tch --target-dir target-tch --quiet
-cpu="$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
-if grep -q avx512f /proc/cpuinfo; then simd=AVX-512; elif grep -q avx2 /proc/cpuinfo; then simd=AVX2; else simd="no AVX2"; fi
+# shellcheck source=scripts/lib/cpu.sh
+source scripts/lib/cpu.sh
+simd="$cpu_simd"
 [[ $avx2 == 0 ]] || simd="$simd, run as AVX2 (--avx2)"
 
 size_small='d_model = 256
@@ -108,7 +113,7 @@ for ((r = 1; r <= rounds; r++)); do
         results[$size,pytorch]+="$("$py" scripts/reference/bench_train.py "$cfg" --steps 20 --warmup 5 |
             python3 -c 'import json,sys; print(json.load(sys.stdin)["tokens_per_s"])') "
         # torch.compile: 10 warm-up steps (the first compiles the graph).
-        results[$size,compile]+="$({ "$py" scripts/reference/bench_train.py "$cfg" --steps 20 --warmup 10 --compile 2>"$work/compile.log" |
+        results[$size,compile]+="$({ "${compile[@]}" "$cfg" --steps 20 --warmup 10 --compile 2>"$work/compile.log" |
             python3 -c 'import json,sys; print(json.load(sys.stdin)["tokens_per_s"])'; } || echo nan) "
         results[$size,flex]+="$(ours "$flex" "$cfg" cpu) "
         results[$size,tch]+="$(ours target-tch/release/mla "$cfg" tch-cpu) "
@@ -116,7 +121,7 @@ for ((r = 1; r <= rounds; r++)); do
     done
 done
 
-python3 - "$rounds" "$(nproc)" "$work" "$cpu" "$simd" "$("$py" -c 'import torch; print(torch.__version__)')" <<PY
+python3 - "$rounds" "$(nproc)" "$work" "$cpu_model" "$simd" "$("$py" -c 'import torch; print(torch.__version__)')" <<PY
 import json, statistics, subprocess, sys
 res = {
 $(for k in "${!results[@]}"; do echo "    \"$k\": [${results[$k]// /, }],"; done | sed 's/nan/float("nan")/g')

@@ -26,9 +26,6 @@
 # It also installs gloo's headers (Debian's libgloo-dev, with apt-get) when they are missing:
 # the c10d binding for data-parallel training (crates/mla-c10d) compiles against them.
 #
-# It also installs gloo's headers (Debian's libgloo-dev, with apt-get) when they are missing:
-# the c10d binding for data-parallel training (crates/mla-c10d) compiles against them.
-#
 # Idempotent: a torch==2.9.0 that imports is left alone. At the end it prints the environment
 # to build with and writes the same lines to .venv/libtorch.env:
 #

@@ -1,7 +1,7 @@
 """Training speed of the PyTorch reference (eager), for scripts/bench-train.sh.
 
     .venv/bin/python scripts/reference/bench_train.py CONFIG.toml [--steps N] [--warmup W]
-        [--threads T] [--sdpa | --no-sdpa] [--compile] [--set section.key=value ...]
+        [--threads T] [--sdpa | --no-sdpa] [--compile [--simdlen BITS]] [--set section.key=value ...]
 
 CONFIG is one of our run configs: [model] (vocab_size must be given, or a [data] tokenizer),
 [train] seq_len / micro_batch, [optim]. Trains on the config's [data] train shards (llm.c .bin
@@ -10,7 +10,9 @@ prints one JSON line: tokens/s over the steps after the warmup, and the mean ste
 `--sdpa` (default) uses torch.nn.functional.scaled_dot_product_attention, the fastest eager
 attention a PyTorch user would write; `--no-sdpa` the reference's explicit softmax.
 `--compile` runs the model through `torch.compile` (inductor; its compilation happens in the
-warmup steps, so give enough of them).
+warmup steps, so give enough of them). `--simdlen 256` makes inductor generate AVX2 code on an
+AVX-512 CPU (scripts/bench-train.sh --avx2; torch 2.9.0's compiled code dies with SIGBUS under
+ATEN_CPU_CAPABILITY=avx2, which would otherwise say the same).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sdpa", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--simdlen", type=int, default=None)
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,6 +88,9 @@ def main() -> None:
 
     model = ref.LM(cfg)
     ref.init_weights(model)
+    if args.simdlen is not None:
+        import torch._inductor.config as inductor_config
+        inductor_config.cpp.simdlen = args.simdlen
     forward = torch.compile(model) if args.compile else model
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed_tokens" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed_tokens" not in n)]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod device;
 pub mod dist;
 pub mod error;
+pub mod eta;
 pub mod eval;
 pub mod figure;
 pub mod generate;

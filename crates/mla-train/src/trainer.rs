@@ -21,6 +21,7 @@ use crate::config::RunConfig;
 use crate::device::DeviceSpec;
 use crate::dist::{Launch, World};
 use crate::error::{TrainError, io};
+use crate::eta::{Eta, Evals, Plan};
 use crate::eval::evaluate_sums;
 use crate::lock::RunLock;
 use crate::metrics::{EvalRecord, Metrics, TrainRecord};
@@ -433,6 +434,15 @@ fn run(cfg: &RunConfig, opts: &TrainOptions, setup: Setup) -> Result<TrainSummar
     };
 
     let micro = MicroBatches::new(cfg, &world);
+    let mut eta = Eta::new(Plan {
+        max_steps: cfg.max_steps(),
+        tokens_per_step: cfg.tokens_per_step(),
+        micro_batches_per_step: micro.total.div_ceil(micro.world) as u64,
+        evals: val.as_ref().map(|_| Evals {
+            every: cfg.eval.every,
+            batches: (cfg.eval.batches as u64).div_ceil(world.size() as u64),
+        }),
+    });
     let mut interval = (0.0f64, 0u64, Instant::now()); // (loss sum, steps, since)
     let mut run_time = (0.0f64, 0u64); // (seconds, tokens) over logged intervals, for the MFU
     let mut final_train_loss = None;
@@ -516,6 +526,9 @@ fn run(cfg: &RunConfig, opts: &TrainOptions, setup: Setup) -> Result<TrainSummar
                 }
             }
             interval = (0.0, 0, Instant::now());
+        }
+        if let Some(line) = eta.after_step(step) {
+            log.say(line);
         }
 
         if cfg.eval.every > 0

@@ -65,6 +65,23 @@ fn debug_run_end_to_end() {
         stdout.contains("done") && stdout.contains("val loss"),
         "{stdout}"
     );
+    // The expected duration is said once, early (after the first step and five timed ones).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said: Vec<&str> = stderr.lines().filter(|l| l.contains("expected:")).collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(
+        said[0].contains("more (24 steps at") && said[0].contains("with evaluations"),
+        "{}",
+        said[0]
+    );
+    let before: Vec<&str> = stderr
+        .lines()
+        .take_while(|l| !l.contains("expected:"))
+        .collect();
+    assert!(
+        before.iter().any(|l| l.starts_with("step      6 |")),
+        "said after step 6: {stderr}"
+    );
 
     // The resolved config is saved and takes its vocabulary from the tokenizer.
     let cfg = RunConfig::from_resolved_file(&run.join("config.toml")).unwrap();
