@@ -8,6 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::compare::human_count;
+
 /// Steps timed before the estimate is said, unless [`SAY_AFTER`] passes first.
 const TIMED_STEPS: u64 = 5;
 /// Say the estimate after this long even when fewer steps were timed (slow steps).
@@ -58,7 +60,7 @@ impl Plan {
         steps as f64 * step_s + eval_batches as f64 * micro_s / 3.0
     }
 
-    /// The line said: `expected: 8.4 min more (594 steps at 4.8k tokens/s, 6 evaluations)`.
+    /// The line said: `expected: 8.7 min more (594 steps at 4.8K tokens/s, with evaluations)`.
     pub fn line(&self, step: u64, step_s: f64) -> String {
         let left = self.remaining_s(step, step_s);
         let rate = self.tokens_per_step as f64 / step_s.max(1e-9);
@@ -71,7 +73,7 @@ impl Plan {
             "expected: {} more ({} steps at {} tokens/s{evals})",
             duration(left),
             self.max_steps.saturating_sub(step),
-            tokens(rate)
+            human_count(rate)
         )
     }
 }
@@ -107,11 +109,12 @@ impl Eta {
             self.said = true;
             return None;
         }
-        if timed < TIMED_STEPS && since.elapsed() < SAY_AFTER {
+        let elapsed = since.elapsed();
+        if timed < TIMED_STEPS && elapsed < SAY_AFTER {
             return None;
         }
         self.said = true;
-        let step_s = since.elapsed().as_secs_f64() / timed as f64;
+        let step_s = elapsed.as_secs_f64() / timed as f64;
         Some(self.plan.line(step, step_s))
     }
 }
@@ -126,20 +129,13 @@ fn duration(secs: f64) -> String {
     }
 }
 
-fn tokens(rate: f64) -> String {
-    if rate >= 1e3 {
-        format!("{:.1}k", rate / 1e3)
-    } else {
-        format!("{rate:.0}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn main_job() -> Plan {
-        // configs/shakespeare-mla.toml: 600 steps of 2 x 8 x 256 tokens, eval every 100 of 20.
+        // The main job's shape at 600 steps: 2 micro-batches of 8 x 256 tokens, eval every 100
+        // steps over 20 batches.
         Plan {
             max_steps: 600,
             tokens_per_step: 4096,
@@ -185,7 +181,7 @@ mod tests {
         let p = main_job();
         assert_eq!(
             p.line(6, 0.85),
-            "expected: 8.7 min more (594 steps at 4.8k tokens/s, with evaluations)"
+            "expected: 8.7 min more (594 steps at 4.8K tokens/s, with evaluations)"
         );
         let quick = Plan {
             evals: None,
